@@ -1,0 +1,37 @@
+"""DiffEdit, step by step: mask from noise-prediction differences, then masked denoising.
+
+    from diffedit_helpers import load_model, diffedit, DiffEditConfig
+    model = load_model("bundled")                       # or a local Stable Diffusion folder
+    result = diffedit(model, "horse.png", "a brown horse on grass", "a zebra on grass",
+                      generator=torch.Generator().manual_seed(0))
+    result.image, result.mask, result.difference_map
+"""
+
+from .config import DiffEditConfig
+from .edit import DiffEditResult, composite, ddim_invert, diffedit, masked_denoise, noised_backgrounds, to_epsilon
+from .images import ImageInputError, fit_size, to_rgb
+from .latents import decode_latents, decode_to_images, encode_image, image_to_tensor, tensor_to_images
+from .mask import (
+    blur_mask,
+    fill_holes,
+    guided_noise,
+    latent_mask,
+    make_mask,
+    noise_difference,
+    normalise_map,
+    predict_noise,
+    threshold_mask,
+    upsample_map,
+)
+from .models import BUNDLED_PATH, DiffEditModel, ModelLoadError, load_auto, load_model
+from .noising import add_noise, make_scheduler, timestep_at
+from .text import encode_prompts, tokenize
+
+__all__ = [
+    "DiffEditConfig", "DiffEditResult", "DiffEditModel", "ImageInputError", "ModelLoadError", "BUNDLED_PATH",
+    "load_model", "load_auto", "diffedit", "encode_image", "decode_latents", "decode_to_images", "image_to_tensor",
+    "tensor_to_images", "encode_prompts", "tokenize", "make_scheduler", "timestep_at", "add_noise", "predict_noise",
+    "guided_noise", "noise_difference", "normalise_map", "upsample_map", "threshold_mask", "blur_mask", "fill_holes",
+    "make_mask", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds", "composite", "to_epsilon",
+    "to_rgb", "fit_size",
+]

@@ -1,0 +1,202 @@
+"""Steps 2 and 3 of DiffEdit: encode the image to a noise level, then denoise it towards the
+target prompt inside the mask while the outside follows the original image.
+
+    diffedit(model, image, "a brown horse on grass", "a zebra on grass", config, generator)
+
+At every denoising step, after the scheduler moves the latents from level t to the next,
+lower level t', the latents outside the mask are replaced by the original image's latents
+at that same level t' (and by the clean latents after the last step), so the background
+ends exactly where it started.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import DiffEditConfig
+from .images import fit_size, to_rgb
+from .latents import decode_to_images, encode_image
+from .mask import blur_mask, draw_noise, guided_noise, latent_mask, make_mask, noise_difference, normalise_map, predict_noise, upsample_map
+from .noising import add_noise, alpha_bar, make_scheduler
+from .text import check_prompt, encode_prompts
+
+
+@dataclass
+class DiffEditResult:
+    "What one edit produced; arrays are at image resolution."
+
+    image: Image.Image  # the edited image
+    mask: np.ndarray  # (H, W) bool: where the image was allowed to change
+    difference_map: np.ndarray  # (H, W) float32 in [0, 1]
+    input_image: Image.Image
+    source_prompt: str
+    target_prompt: str
+    config: DiffEditConfig = field(default_factory=DiffEditConfig)
+
+
+def to_epsilon(output, latents, abar, prediction_type: str = "epsilon") -> torch.Tensor:
+    """The model output as a noise prediction, whatever the prediction type.
+    v-prediction: eps = sqrt(abar) v + sqrt(1 - abar) x_t."""
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":
+        return abar.sqrt() * output + (1 - abar).sqrt() * latents
+    if prediction_type == "sample":
+        return (latents - abar.sqrt() * output) / (1 - abar).sqrt()
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+
+
+@torch.no_grad()
+def ddim_invert(model, latents, embeddings, scheduler, start_index: int = 0, uncond=None, guidance: float = 1.0,
+                progress: bool = False) -> list[torch.Tensor]:
+    """Deterministic DDIM inversion: run the sampler backwards from the clean latents.
+
+    latents: (B, C, h, w) clean. Returns `trajectory` with trajectory[k] the latents at the
+    level of scheduler.timesteps[k] for k >= start_index (earlier entries are None), and
+    trajectory[-1] the clean latents; trajectory[start_index] is where the edit starts.
+    """
+    from tqdm.auto import tqdm
+
+    ts = scheduler.timesteps
+    n = len(ts)
+    traj: list = [None] * n + [latents]
+    x = latents
+    a_cur = scheduler.final_alpha_cumprod.float()  # the level the sampler ends on
+    # 1. walk the levels upwards: ts[n-1] (least noisy) ... ts[start_index]
+    for k in tqdm(range(n - 1, start_index - 1, -1), desc="DDIM inversion", disable=not progress, leave=False):
+        t = int(ts[k])
+        a_next = alpha_bar(scheduler, t)
+        out = guided_noise(model, x, t, embeddings, uncond, guidance)
+        eps = to_epsilon(out.float(), x.float(), a_next, model.prediction_type)
+        # 2. the clean image the model sees, then the same noise at the next level up
+        x0 = (x.float() - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
+        x = (a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps).to(latents.dtype)
+        traj[k] = x
+        a_cur = a_next
+    return traj
+
+
+@torch.no_grad()
+def masked_denoise(model, latents, backgrounds, mask, cond, uncond, scheduler, start_index: int = 0,
+                   guidance: float = 7.5, callback=None, progress: bool = False) -> torch.Tensor:
+    """Denoise `latents` (B, C, h, w) from scheduler.timesteps[start_index] to clean, editing
+    only inside `mask` (1, 1, h, w) in {0, 1}.
+
+    backgrounds[k] holds the original latents at the level of timesteps[k] and
+    backgrounds[-1] the clean latents: after the step from timesteps[k] the outside of the
+    mask is set to backgrounds[k + 1], the level the latents have just reached.
+    callback(step, timestep, latents) is called after each step.
+    """
+    from tqdm.auto import tqdm
+
+    ts = scheduler.timesteps
+    x = latents
+    for k in tqdm(range(start_index, len(ts)), desc="DiffEdit", disable=not progress, leave=False):
+        t = ts[k]
+        # 1. predict the noise towards the target prompt (classifier-free guidance)
+        eps = guided_noise(model, x, t, cond, uncond, guidance)
+        # 2. one DDIM step down to the next level
+        x = scheduler.step(eps, t, x).prev_sample
+        # 3. outside the mask, the original at that same next level (clean after the last step)
+        x = mask * x + (1 - mask) * backgrounds[k + 1]
+        if callback is not None:
+            callback(k - start_index, int(t), x)
+    return x
+
+
+def noised_backgrounds(scheduler, latents, noise, start_index: int) -> list:
+    "Original latents noised with one fixed `noise` to every level from start_index on; clean last."
+    ts = scheduler.timesteps
+    levels = [None] * start_index + [add_noise(scheduler, latents, noise, t) for t in ts[start_index:]]
+    return levels + [latents]
+
+
+def composite(image: Image.Image, edited: Image.Image, mask: np.ndarray, feather: int = 5) -> Image.Image:
+    """Paste the edit into the input through a feathered mask: alpha = 1 on the mask, falling
+    to 0 within `feather` pixels outside it; where alpha is 0 the pixels are the input's, exactly."""
+    m = np.asarray(mask, dtype=np.float32)
+    alpha = np.maximum(m, blur_mask(m, feather))[..., None]  # (H, W, 1)
+    src = np.asarray(image, dtype=np.float32)
+    out = src + alpha * (np.asarray(edited, dtype=np.float32) - src)
+    out = np.where(alpha > 0, out, src)
+    return Image.fromarray(np.clip(out.round(), 0, 255).astype(np.uint8))
+
+
+def _prepare(model, image, source_prompt, target_prompt, config, fit):
+    config = (config or DiffEditConfig()).validate()
+    check_prompt("source_prompt", source_prompt)
+    check_prompt("target_prompt", target_prompt)
+    image = to_rgb(image, "image")
+    f = model.vae_scale_factor
+    min_side = f * 2 ** (len(model.unet.config.block_out_channels) - 1)
+    image = fit_size(image, f, fit=fit, name="image", min_side=min_side)
+    if source_prompt.strip() == target_prompt.strip():
+        warnings.warn("source_prompt and target_prompt are identical: the mask is empty and the image is returned unchanged",
+                      stacklevel=3)
+    return image, config
+
+
+def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
+             generator: torch.Generator | None = None, callback=None, fit: str = "error", progress: bool = True):
+    """Edit `image` from `source_prompt` to `target_prompt` where the two disagree.
+
+    image: a path, PIL image or array (or a list of them: a batch, each with its own mask;
+        prompts may then be lists too). Sides must be multiples of the VAE scale factor
+        unless fit="resize" or fit="crop".
+    generator: a torch.Generator for the noise; the same seed gives the same result. In a
+        batch, every image starts from the generator's state, so it gets the result it
+        would get alone.
+    Returns a DiffEditResult (a list of them for a list of images).
+    """
+    if isinstance(image, (list, tuple)):
+        n = len(image)
+        srcs = source_prompt if isinstance(source_prompt, (list, tuple)) else [source_prompt] * n
+        tgts = target_prompt if isinstance(target_prompt, (list, tuple)) else [target_prompt] * n
+        if len(srcs) != n or len(tgts) != n:
+            raise ValueError(f"source_prompt and target_prompt lists must have one prompt per image ({n})")
+        prepared = [_prepare(model, im, s, t, config, fit) for im, s, t in zip(image, srcs, tgts)]  # all checks first
+        state = generator.get_state() if generator is not None else None
+        results = []
+        for (im, cfg), s, t in zip(prepared, srcs, tgts):
+            if state is not None:
+                generator.set_state(state)
+            results.append(_diffedit_one(model, im, s, t, cfg, generator, callback, progress))
+        return results
+    im, cfg = _prepare(model, image, source_prompt, target_prompt, config, fit)
+    return _diffedit_one(model, im, source_prompt, target_prompt, cfg, generator, callback, progress)
+
+
+@torch.no_grad()
+def _diffedit_one(model, image, source_prompt, target_prompt, config, generator, callback, progress):
+    # 1. image -> latents (1, C, h, w); prompts -> embeddings (3, L, D): source, target, empty
+    x0 = encode_image(model, image)
+    emb = encode_prompts(model, [source_prompt, target_prompt, ""])
+    src, tgt, unc = emb[0:1], emb[1:2], emb[2:3]
+    scheduler = make_scheduler(model, config.steps)
+    # 2. the mask: averaged noise-prediction differences, normalised, at image resolution
+    raw = noise_difference(model, x0, src, tgt, scheduler, config.n_noise, config.mask_strength, generator,
+                           config.mask_batch_size)
+    diff_map = upsample_map(normalise_map(raw), (image.height, image.width))
+    mask = make_mask(diff_map, config.threshold, config.blur, config.fill_holes)
+    if not mask.any():  # nothing to change (e.g. identical prompts): the input, untouched
+        return DiffEditResult(image.copy(), mask, diff_map.astype(np.float32), image, source_prompt, target_prompt, config)
+    m = latent_mask(mask, x0.shape[-2:], x0.device, x0.dtype)  # (1, 1, h, w)
+    # 3. encode the image to the start level: noised, or DDIM-inverted with the source prompt
+    k0 = config.start_index
+    if config.encoding == "inversion":
+        backgrounds = ddim_invert(model, x0, src, scheduler, k0, progress=progress)
+    else:
+        noise = draw_noise(x0.shape, generator, x0.device, x0.dtype)
+        backgrounds = noised_backgrounds(scheduler, x0, noise, k0)
+    # 4. masked denoising towards the target prompt
+    latents = masked_denoise(model, backgrounds[k0], backgrounds, m, tgt, unc, scheduler, k0, config.guidance,
+                             callback, progress)
+    edited = decode_to_images(model, latents)[0]
+    if config.composite:
+        edited = composite(image, edited, mask, config.feather)
+    return DiffEditResult(edited, mask, diff_map.astype(np.float32), image, source_prompt, target_prompt, config)

@@ -1,0 +1,114 @@
+"""Turning whatever the user passes (path, PIL image, array) into an RGB image the model can take.
+
+Every conversion that changes the picture is said in a warning; a size that does not fit the
+model is an error unless the caller asks to resize or crop (`fit=`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+FITS = ("error", "resize", "crop")
+MAX_PIXELS = 2048 * 2048
+
+
+class ImageInputError(ValueError):
+    "An input image cannot be used; the message names the argument and what is accepted."
+
+
+def to_rgb(image, name: str = "image") -> Image.Image:
+    """An RGB PIL image from a path, a PIL image or an (H, W[, C]) array. Never modifies the input.
+
+    RGBA/LA are composited on white, palette images converted, 16-bit and float images scaled
+    to 8 bits; each with a warning that says so.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.exists():
+            raise ImageInputError(f"{name}: file {str(path)!r} does not exist")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                image = im.copy()
+        except (UnidentifiedImageError, OSError) as e:
+            raise ImageInputError(f"{name}: {str(path)!r} is not an image PIL can read ({type(e).__name__})") from e
+    if isinstance(image, np.ndarray):
+        image = _array_to_pil(image, name)
+    if not isinstance(image, Image.Image):
+        raise ImageInputError(f"{name} must be a path, a PIL image or a numpy array, got {type(image).__name__}")
+    return _pil_to_rgb(image, name)
+
+
+def _array_to_pil(arr: np.ndarray, name: str) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        raise ImageInputError(f"{name}: arrays must be (H, W) or (H, W, C) with C in 1, 3, 4; got channels-first {arr.shape}")
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
+        raise ImageInputError(f"{name}: arrays must be (H, W) or (H, W, C) with C in 1, 3, 4; got shape {arr.shape}")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype == np.uint8:
+        return Image.fromarray(arr)
+    if arr.dtype == np.uint16:
+        warnings.warn(f"{name}: 16-bit image scaled to 8 bits", stacklevel=4)
+        return Image.fromarray((arr.astype(np.float32) / 257).round().astype(np.uint8))
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageInputError(f"{name}: float array contains NaN or inf")
+        if arr.min() < 0 or arr.max() > 1:
+            raise ImageInputError(f"{name}: float arrays must hold values in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]")
+        return Image.fromarray((arr * 255).round().astype(np.uint8))
+    raise ImageInputError(f"{name}: array dtype {arr.dtype} not supported (use uint8, uint16 or float in [0, 1])")
+
+
+def _pil_to_rgb(im: Image.Image, name: str) -> Image.Image:
+    if im.mode == "RGB":
+        return im.copy()
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        if np.asarray(rgba)[..., 3].min() < 255:
+            warnings.warn(f"{name}: transparent pixels composited on white (alpha dropped)", stacklevel=4)
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im).astype(np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        warnings.warn(f"{name}: {im.mode} image scaled to 8 bits", stacklevel=4)
+        arr8 = np.clip(arr / hi * 255, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(arr8).convert("RGB")
+    return im.convert("RGB")
+
+
+def fit_size(image: Image.Image, multiple: int, fit: str = "error", name: str = "image", min_side: int | None = None,
+             max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Check (or make) both sides a multiple of `multiple` pixels (the VAE scale factor).
+
+    fit: "error" (default) refuses a size that does not fit; "resize" scales to the nearest
+    multiples; "crop" cuts the right and bottom edges. Tiny and huge images are refused.
+    """
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    w, h = image.size
+    min_side = min_side or multiple
+    if w < min_side or h < min_side:
+        raise ImageInputError(f"{name} is {w}x{h}; this model needs at least {min_side}x{min_side} pixels")
+    if w * h > max_pixels:
+        s = (max_pixels / (w * h)) ** 0.5
+        fw, fh = int(w * s) // multiple * multiple, int(h * s) // multiple * multiple
+        raise ImageInputError(f"{name} is {w}x{h} ({w * h:,} pixels, limit {max_pixels:,}); resize it to at most {fw}x{fh}")
+    if w % multiple == 0 and h % multiple == 0:
+        return image
+    if fit == "error":
+        raise ImageInputError(
+            f"{name} is {w}x{h}, but both sides must be multiples of {multiple} (the VAE scale factor); "
+            f"pass fit='resize' or fit='crop' (CLI: --fit resize|crop)"
+        )
+    if fit == "crop":
+        nw, nh = w // multiple * multiple, h // multiple * multiple
+        return image.crop((0, 0, nw, nh))
+    nw, nh = (max(multiple, round(v / multiple) * multiple) for v in (w, h))
+    return image.resize((nw, nh), Image.LANCZOS)

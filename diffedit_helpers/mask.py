@@ -1,0 +1,116 @@
+"""Step 1 of DiffEdit: where do the two prompts disagree? The mask.
+
+Noise the image latents n times (independent draws) to the mask strength, ask the UNet for
+its noise prediction under the source prompt and under the target prompt, and average
+|eps_target - eps_source| over the draws and the latent channels. Where the prompts agree
+(the background) the predictions match; where the image must change they differ. The map is
+normalised to [0, 1], upsampled to the image, blurred, thresholded and its holes filled.
+
+Classifier-free guidance does not change the map: with a shared unconditional prediction u,
+    (u + g (c_t - u)) - (u + g (c_s - u)) = g (c_t - c_s),
+so only the two conditional predictions are computed, and the normalisation removes g.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .noising import add_noise, timestep_at
+
+
+@torch.no_grad()
+def predict_noise(model, latents: torch.Tensor, timestep, embeddings: torch.Tensor) -> torch.Tensor:
+    """One UNet call: latents (B, C, h, w) at `timestep`, text embeddings (B, L, D) ->
+    the model output (B, C, h, w): noise for epsilon models, velocity for v-prediction."""
+    t = torch.as_tensor(timestep, device=latents.device)
+    return model.unet(latents, t, encoder_hidden_states=embeddings).sample
+
+
+def guided_noise(model, latents, timestep, cond, uncond, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: u + g (c - u), both predictions in one batched call.
+    guidance <= 1 switches it off (the conditional prediction alone, no unconditional pass)."""
+    if guidance <= 1:
+        return predict_noise(model, latents, timestep, cond)
+    both = predict_noise(model, torch.cat([latents, latents]), timestep, torch.cat([uncond, cond]))  # (2B, C, h, w)
+    u, c = both.chunk(2)
+    return u + guidance * (c - u)
+
+
+def draw_noise(shape, generator, device, dtype) -> torch.Tensor:
+    "Gaussian noise drawn from `generator` on its own device, then moved: the same seed gives the same noise on any device."
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def noise_difference(model, latents, source_emb, target_emb, scheduler, n_noise=10, strength=0.5,
+                     generator=None, batch_size=32) -> torch.Tensor:
+    """Mean |eps_target - eps_source| over `n_noise` noise draws and the latent channels.
+
+    latents: (1, C, h, w) clean image latents. source_emb, target_emb: (1, L, D).
+    Returns the raw (unnormalised) map, (h, w) float32.
+    The 2n UNet evaluations run in batches of at most `batch_size` samples.
+    """
+    t = timestep_at(scheduler, strength)
+    noise = draw_noise((n_noise, *latents.shape[1:]), generator, latents.device, latents.dtype)  # (n, C, h, w)
+    noisy = add_noise(scheduler, latents.expand(n_noise, -1, -1, -1), noise, t)  # (n, C, h, w)
+    # every noisy sample once with each prompt: (2n, C, h, w) and (2n, L, D)
+    x = torch.cat([noisy, noisy])
+    emb = torch.cat([source_emb.expand(n_noise, -1, -1), target_emb.expand(n_noise, -1, -1)])
+    preds = torch.cat([predict_noise(model, x[i : i + batch_size], t, emb[i : i + batch_size])
+                       for i in range(0, 2 * n_noise, batch_size)])
+    src, tgt = preds.float().chunk(2)  # (n, C, h, w) each
+    return (tgt - src).abs().mean(dim=(0, 1))  # (h, w)
+
+
+def normalise_map(raw: torch.Tensor) -> torch.Tensor:
+    "Min-max to [0, 1]; a constant map (e.g. identical prompts) becomes all zeros, never NaN."
+    raw = torch.nan_to_num(raw.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = raw.min(), raw.max()
+    if not hi - lo > 1e-8 * max(1.0, float(hi.abs())):
+        return torch.zeros_like(raw)
+    return (raw - lo) / (hi - lo)
+
+
+def upsample_map(diff_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    "(h, w) map -> (H, W) float32 numpy array, bilinear, values kept in [0, 1]."
+    up = F.interpolate(diff_map[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    return up.clamp(0, 1).cpu().numpy()
+
+
+def blur_mask(x: np.ndarray, kernel: int) -> np.ndarray:
+    """Gaussian blur of a 2-D map or mask with an odd `kernel` (pixels); 0 returns a copy.
+    The sigma follows the kernel (OpenCV's rule: 0.3 ((k - 1) / 2 - 1) + 0.8)."""
+    import cv2
+
+    x = np.asarray(x, dtype=np.float32)
+    if kernel <= 1:
+        return x.copy()
+    return cv2.GaussianBlur(x, (kernel, kernel), 0, borderType=cv2.BORDER_REPLICATE)
+
+
+def threshold_mask(x: np.ndarray, threshold: float) -> np.ndarray:
+    "Boolean mask of the values strictly above `threshold`: a higher threshold never grows it."
+    return np.asarray(x) > threshold
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    "Fill the regions the mask encloses completely (a ring becomes a disc)."
+    from scipy.ndimage import binary_fill_holes
+
+    return binary_fill_holes(np.asarray(mask, dtype=bool))
+
+
+def make_mask(diff_map: np.ndarray, threshold: float, blur: int = 0, holes: bool = False) -> np.ndarray:
+    "Difference map (H, W) in [0, 1] -> boolean mask (H, W): blur, threshold, fill holes."
+    mask = threshold_mask(blur_mask(diff_map, blur), threshold)
+    return fill_holes(mask) if holes else mask
+
+
+def latent_mask(mask: np.ndarray, latent_size: tuple[int, int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """Pixel mask (H, W) -> latent mask (1, 1, h, w): a latent cell is edited if any of its
+    pixels is in the mask, so the edit covers the whole object."""
+    m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+    return F.adaptive_max_pool2d(m, latent_size).to(device=device, dtype=dtype)

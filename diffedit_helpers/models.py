@@ -1,0 +1,192 @@
+"""Loading the four components DiffEdit needs: VAE, tokenizer, text encoder, UNet (+ scheduler).
+
+`load_model("bundled")` gives the tiny model that ships inside this package (trained on the
+shapes world); `load_model("/path/to/sd-folder")` any local Stable Diffusion 1.x/2.x folder in
+diffusers format; `load_model("runwayml/stable-diffusion-v1-5")` a hub id (online only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+BUNDLED_PATH = Path(__file__).parent / "bundled"
+COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+DEFAULT_SD_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+class ModelLoadError(RuntimeError):
+    "A model could not be loaded; the message says why in one line."
+
+
+@dataclass
+class DiffEditModel:
+    "The components of a latent text-to-image model, and where they live."
+
+    vae: "object"
+    tokenizer: "object"
+    text_encoder: "object"
+    unet: "object"
+    scheduler_config: dict
+    name: str = "bundled"
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        "Pixels per latent cell: 2 ** (number of VAE down blocks - 1), read from the config."
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
+
+    def to(self, device=None, dtype=None) -> "DiffEditModel":
+        for m in (self.vae, self.text_encoder, self.unet):
+            m.to(device=device, dtype=dtype)
+        return self
+
+
+def _default_device_dtype(device, dtype):
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if dtype is None:
+        dtype = torch.float32
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ValueError("dtype=torch.float16 needs a CUDA device; use float32 on the CPU")
+    return device, dtype
+
+
+def _check_folder(path: Path):
+    if not path.exists():
+        raise ModelLoadError(f"model folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ModelLoadError(f"model path {str(path)!r} is a file, not a diffusers model folder")
+    missing = [c for c in COMPONENTS if not (path / c).is_dir()]
+    if missing:
+        raise ModelLoadError(
+            f"{str(path)!r} is not a diffusers Stable Diffusion folder: missing subfolder(s) {', '.join(missing)}"
+        )
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def load_model(name_or_path: str | os.PathLike = "bundled", device=None, dtype=None) -> DiffEditModel:
+    """Load VAE, tokenizer, text encoder and UNet, in eval mode, on `device` in `dtype`.
+
+    name_or_path: "bundled" (the tiny shapes-world model), a local diffusers-format SD folder,
+        or a hub id (needs network; with HF_HUB_OFFLINE=1 it fails fast).
+    device: defaults to the CPU. dtype: defaults to float32; float16 is an explicit choice
+        and needs CUDA.
+    """
+    device, dtype = _default_device_dtype(device, dtype)
+    name = str(name_or_path)
+    path = BUNDLED_PATH if name == "bundled" else Path(name).expanduser()
+    local = name == "bundled" or not _looks_like_hub_id(name)
+    if local:
+        _check_folder(path)
+        source, kw = str(path), {}
+    else:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            raise ModelLoadError(
+                f"{name!r} looks like a hub id, but HF_HUB_OFFLINE is set: download it elsewhere and pass its local folder"
+            )
+        source, kw = name, {}
+    try:
+        with _quiet_loading():
+            vae, unet, text_encoder, tokenizer = _load_components(source, dtype, kw)
+        scheduler_config = _read_scheduler_config(source, local)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one clear line instead of a library traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load model {name!r}: {type(e).__name__}: {first}") from e
+    if tokenizer.model_max_length > 10_000:  # tokenizers saved without a limit
+        tokenizer.model_max_length = text_encoder.config.max_position_embeddings
+    model = DiffEditModel(vae, tokenizer, text_encoder, unet, scheduler_config, name=name)
+    for m in (vae, text_encoder, unet):
+        m.requires_grad_(False).eval()
+    if device != model.device:
+        model.to(device=device)
+    return model
+
+
+def _load_components(source, dtype, kw):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kw)
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kw)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **kw)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+    return vae, unet, text_encoder, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    "Silence the libraries' loading chatter (progress bars, advice) for this call only."
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    bars = tlog.is_progress_bar_enabled()
+    dlog.set_verbosity_error(), tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        dlog.set_verbosity(levels[0]), tlog.set_verbosity(levels[1])
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def _read_scheduler_config(source: str, local: bool) -> dict:
+    if local:
+        cfg_path = Path(source) / "scheduler" / "scheduler_config.json"
+        if not cfg_path.exists():
+            raise ModelLoadError(f"{source!r} has no scheduler/scheduler_config.json")
+        return json.loads(cfg_path.read_text())
+    from diffusers import DDIMScheduler
+
+    return dict(DDIMScheduler.load_config(source, subfolder="scheduler"))
+
+
+def auto_model_name() -> str:
+    """The model a notebook uses when MODEL = "auto": $DIFFEDIT_MODEL if set, else Stable
+    Diffusion 1.5 when CUDA is available, else the bundled model."""
+    env = os.environ.get("DIFFEDIT_MODEL")
+    if env:
+        return env
+    return DEFAULT_SD_ID if torch.cuda.is_available() else "bundled"
+
+
+def load_auto(name: str = "auto") -> DiffEditModel:
+    '''Load `name`, resolving "auto": SD in fp16 on CUDA when available, else the bundled model on CPU.'''
+    if name == "auto":
+        name = auto_model_name()
+    if torch.cuda.is_available() and name != "bundled":
+        return load_model(name, device="cuda", dtype=torch.float16)
+    return load_model(name, device="cuda" if torch.cuda.is_available() else None)

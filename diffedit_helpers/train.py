@@ -1,0 +1,258 @@
+"""Train the bundled tiny model on the shapes world, and save it in diffusers format.
+
+    OMP_NUM_THREADS=1 python -m diffedit_helpers.train --out diffedit_helpers/bundled
+
+Three stages, all on the CPU:
+  1. the VAE (AutoencoderKL, scale factor 4) on rendered scenes, then its latent scaling
+     factor from the latents' standard deviation;
+  2. every training scene encoded once to latents (cheap UNet steps afterwards);
+  3. the UNet and the CLIP text encoder together, to predict noise from (noisy latents,
+     caption), with 10% empty captions so classifier-free guidance works.
+The architecture is Stable Diffusion's (AutoencoderKL, UNet2DConditionModel, CLIPTextModel,
+CLIP's BPE tokenizer, a DDIM scheduler), only smaller. Scenes with seeds below
+`--scenes` are training data; seeds from `HELD_OUT_SEED` on are never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .shapes import random_scene, render
+
+HELD_OUT_SEED = 1_000_000
+TOKENIZER_SOURCE = Path(__file__).parent / "bundled" / "tokenizer"
+
+
+# ----------------------------------------------------------------------------- configs
+def vae_config():
+    return dict(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        sample_size=64,
+    )
+
+
+def unet_config(cross_attention_dim=64, sample_size=16):
+    return dict(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64, 128), norm_num_groups=16,
+        # attention only at the two coarser levels (8x8, 4x4): full-resolution attention
+        # costs twice the time per step on a CPU
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+    )
+
+
+def text_config():
+    return dict(
+        vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=64,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )
+
+
+def scheduler_config(prediction_type="epsilon"):
+    "Stable Diffusion 1.x's DDIM settings."
+    return dict(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
+        timestep_spacing="leading",
+    )
+
+
+def build_components(tokenizer_dir=TOKENIZER_SOURCE, seed=0, prediction_type="epsilon"):
+    "Randomly initialised components of the tiny architecture (also what the tests use)."
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**vae_config())
+    tcfg = text_config()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**tcfg))
+    unet = UNet2DConditionModel(**unet_config(cross_attention_dim=tcfg["hidden_size"]))
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=tcfg["max_position_embeddings"])
+    scheduler = DDIMScheduler(**scheduler_config(prediction_type))
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+# ----------------------------------------------------------------------------- data
+def make_scenes(n, start=0):
+    "Render scenes `start .. start + n - 1`: uint8 images (n, H, W, 3) and their captions."
+    images, captions = [], []
+    for seed in range(start, start + n):
+        scene = random_scene(seed)
+        images.append(np.asarray(render(scene)[0]))
+        captions.append(scene.caption)
+    return np.stack(images), captions
+
+
+def to_pixels(batch_uint8):
+    "(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."
+    return torch.from_numpy(batch_uint8).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def cosine_lr(step, total, base, warmup=100):
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def log(msg, t0):
+    print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- stages
+def random_crops(batch_uint8, crop, gen):
+    "The same-size random crop of each image: the VAE is convolutional, so crops train it 4x cheaper."
+    h, w = batch_uint8.shape[1:3]
+    y, x = (int(torch.randint(0, n - crop + 1, (1,), generator=gen)) for n in (h, w))
+    return batch_uint8[:, y : y + crop, x : x + crop]
+
+
+def train_vae(vae, images, steps, batch_size, lr, gen, t0, kl_weight=1e-6, crop=32):
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    vae.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr)
+        idx = torch.randint(len(images), (batch_size,), generator=gen).numpy()
+        x = to_pixels(random_crops(images[idx], crop, gen))  # (B, 3, crop, crop)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=gen)
+        recon = vae.decode(z).sample
+        loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            psnr = 10 * math.log10(4 / F.mse_loss(recon, x).item())
+            log(f"vae step {step:5d}/{steps} loss {loss.item():.4f} psnr {psnr:.1f} dB", t0)
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae, images, batch_size=256):
+    "Posterior means of every image: (N, C, h, w), unscaled."
+    out = [vae.encode(to_pixels(images[i : i + batch_size])).latent_dist.mean for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, steps, batch_size, lr, gen, t0, p_uncond=0.1):
+    ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    empty_ids, ids = ids[-1], ids[:-1]
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    alphas = scheduler.alphas_cumprod
+    unet.train(), text_encoder.train()
+    ema = None
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr)
+        idx = torch.randint(len(latents), (batch_size,), generator=gen)
+        x0 = latents[idx]  # (B, C, h, w), already scaled
+        tok = ids[idx].clone()
+        drop = torch.rand(batch_size, generator=gen) < p_uncond
+        tok[drop] = empty_ids
+        t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        cond = text_encoder(tok).last_hidden_state  # (B, 77, D)
+        pred = unet(xt, t, encoder_hidden_states=cond).sample
+        target = noise if scheduler.config.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        loss = F.mse_loss(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"unet step {step:5d}/{steps} loss {ema:.4f}", t0)
+    unet.eval(), text_encoder.eval()
+
+
+def save_folder(out, comps, scaling_factor, dtype=torch.float16):
+    "Save in diffusers format (safetensors), weights stored in `dtype` to keep the package small."
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    comps["vae"].register_to_config(scaling_factor=float(scaling_factor))
+    for name in ("vae", "unet", "text_encoder"):
+        comps[name].to(dtype).save_pretrained(tmp / name, safe_serialization=True)
+        comps[name].to(torch.float32)
+    tok_dir = tmp / "tokenizer"
+    tok_dir.mkdir()
+    for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "SOURCE.md"):
+        if (TOKENIZER_SOURCE / f).exists():
+            shutil.copy(TOKENIZER_SOURCE / f, tok_dir / f)
+    comps["scheduler"].save_pretrained(tmp / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
+        "feature_extractor": [None, None], "requires_safety_checker": False,
+    }
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    for name in ("vae", "unet", "text_encoder"):  # keep tokenizer sources if out is the bundle itself
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+    out.mkdir(parents=True, exist_ok=True)
+    for child in tmp.iterdir():
+        dest = out / child.name
+        if dest.exists():
+            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+        shutil.move(str(child), str(dest))
+    tmp.rmdir()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Train the tiny shapes-world model (CPU).")
+    p.add_argument("--out", required=True, help="output folder (diffusers format)")
+    p.add_argument("--scenes", type=int, default=16000)
+    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--unet-steps", type=int, default=4000)
+    p.add_argument("--unet-batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-from", default=None, help="reuse the VAE of this folder (skip stage 1)")
+    args = p.parse_args(argv)
+    if Path(args.out).resolve() != Path(TOKENIZER_SOURCE).parent.resolve() and Path(args.out).exists() and any(Path(args.out).iterdir()):
+        p.error(f"--out {args.out!r} exists and is not empty; choose a new folder")
+    t0 = time.time()
+    gen = torch.Generator().manual_seed(args.seed)
+    comps = build_components(seed=args.seed)
+    images, captions = make_scenes(args.scenes)
+    log(f"rendered {len(images)} scenes", t0)
+    if args.vae_from:
+        from diffusers import AutoencoderKL
+
+        comps["vae"] = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae", torch_dtype=torch.float32)
+    else:
+        train_vae(comps["vae"], images, args.vae_steps, args.vae_batch, args.lr, gen, t0)
+    raw = encode_all(comps["vae"], images)
+    scaling = 1.0 / raw.std().item()
+    latents = raw * scaling
+    log(f"encoded latents {tuple(latents.shape)}, std {raw.std().item():.3f} -> scaling factor {scaling:.4f}", t0)
+    train_unet(comps["unet"], comps["text_encoder"], comps["tokenizer"], latents, captions, comps["scheduler"],
+               args.unet_steps, args.unet_batch, args.lr, gen, t0)
+    save_folder(args.out, comps, scaling)
+    log(f"saved to {args.out}", t0)
+
+
+if __name__ == "__main__":
+    main()
