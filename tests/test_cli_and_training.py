@@ -1,0 +1,89 @@
+"""The CLI end to end in a temporary folder, the training command, and the bundled model's folder."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffedit_helpers import load_model
+from diffedit_helpers.cli import main
+from diffedit_helpers.models import BUNDLED_PATH
+from diffedit_helpers.shapes import horse_scene, render
+from diffedit_helpers.train import main as train_main
+
+
+@pytest.fixture
+def horse_png(tmp_path):
+    path = tmp_path / "horse.png"
+    render(horse_scene())[0].save(path)
+    return path
+
+
+def test_cli_edit_writes_three_pictures_and_refuses_to_overwrite(tmp_path, horse_png, capsys):
+    out = tmp_path / "out"
+    before = horse_png.read_bytes()
+    args = ["edit", str(horse_png), "--source", "a brown horse on grass", "--target", "a zebra on grass",
+            "--out", str(out), "--steps", "6", "--n-noise", "3", "--quiet"]
+    assert main(args) == 0
+    for name in ("mask.png", "edited.png", "overview.png"):
+        assert (out / name).exists()
+    mask = np.asarray(Image.open(out / "mask.png"))
+    assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+    assert Image.open(out / "edited.png").size == (64, 64)
+    assert horse_png.read_bytes() == before  # the input is never touched
+    stamp = (out / "edited.png").stat().st_mtime_ns
+    assert main(args) == 2
+    assert "already holds" in capsys.readouterr().err
+    assert (out / "edited.png").stat().st_mtime_ns == stamp
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path, horse_png):
+    cmd = [sys.executable, "-m", "diffedit_helpers", "edit", str(horse_png), "--source", "a", "--target", "b",
+           "--out", str(tmp_path / "o"), "--threshold", "1.5"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "threshold" in proc.stderr and "[0, 1]" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_demo_never_reuses_a_folder(tmp_path, capsys):
+    base = tmp_path / "demo"
+    assert main(["demo", "--out", str(base), "--steps", "5", "--n-noise", "2", "--quiet"]) == 0
+    assert main(["demo", "--out", str(base), "--steps", "5", "--n-noise", "2", "--quiet"]) == 0
+    assert (base / "overview.png").exists() and (tmp_path / "demo-2" / "overview.png").exists()
+    assert "demo-2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_training_command_runs_a_few_steps_and_saves_a_loadable_model(tmp_path):
+    out = tmp_path / "model"
+    train_main(["--out", str(out), "--scenes", "48", "--vae-steps", "2", "--vae-batch", "4",
+                "--unet-steps", "2", "--unet-batch", "4"])
+    model = load_model(out)
+    assert model.vae_scale_factor == load_model("bundled").vae_scale_factor
+    assert model.vae.config.scaling_factor > 0
+    assert (out / "model_index.json").exists() and list((out / "unet").glob("*.safetensors"))
+    with pytest.raises(SystemExit):  # refuses to write into a non-empty folder
+        train_main(["--out", str(out), "--scenes", "8"])
+
+
+def test_bundled_model_is_small_and_uses_clip_tokens(bundled):
+    size = sum(p.stat().st_size for p in BUNDLED_PATH.rglob("*") if p.is_file())
+    assert size <= 25 * 1024 * 1024, f"bundled model is {size / 2**20:.1f} MB"
+    assert bundled.tokenizer("horse").input_ids == [49406, 4558, 49407]
+    assert bundled.tokenizer("zebra").input_ids == [49406, 22548, 49407]
+    assert len(bundled.tokenizer) == 49408
+    assert bundled.dtype.is_floating_point and str(bundled.device) == "cpu"
+
+
+def test_bundled_folder_is_a_diffusers_stable_diffusion_folder():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(BUNDLED_PATH), safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    assert pipe.vae_scale_factor == 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
