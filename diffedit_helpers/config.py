@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import asdict, dataclass, replace
 
@@ -51,9 +52,7 @@ class DiffEditConfig:
         "Raise ValueError naming the first bad field and its accepted range; return self."
         _check_int("n_noise", self.n_noise, 1)
         _check_unit("mask_strength", self.mask_strength, low_open=True)
-        _check_real("threshold", self.threshold)
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        check_threshold(self.threshold)
         self.blur = check_kernel("blur", self.blur)
         self.feather = check_kernel("feather", self.feather)
         _check_real("guidance", self.guidance)
@@ -88,12 +87,12 @@ class DiffEditConfig:
 
 
 def _check_real(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
@@ -101,6 +100,14 @@ def _check_unit(name, value, low_open=True):
     _check_real(name, value)
     if not 0.0 < value <= 1.0:
         raise ValueError(f"{name} must be in (0, 1], got {value}")
+
+
+def check_threshold(value, name: str = "threshold") -> float:
+    "A mask threshold: a finite number in [0, 1]."
+    _check_real(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
 
 
 def check_kernel(name: str, value) -> int:

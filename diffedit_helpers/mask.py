@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import check_kernel, check_threshold
 from .noising import add_noise, timestep_at
 
 
@@ -85,6 +86,7 @@ def blur_mask(x: np.ndarray, kernel: int) -> np.ndarray:
     The sigma follows the kernel (OpenCV's rule: 0.3 ((k - 1) / 2 - 1) + 0.8)."""
     import cv2
 
+    kernel = check_kernel("kernel", kernel)
     x = np.asarray(x, dtype=np.float32)
     if kernel <= 1:
         return x.copy()
@@ -104,7 +106,10 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 def make_mask(diff_map: np.ndarray, threshold: float, blur: int = 0, holes: bool = False) -> np.ndarray:
-    "Difference map (H, W) in [0, 1] -> boolean mask (H, W): blur, threshold, fill holes."
+    """Difference map (H, W) in [0, 1] -> boolean mask (H, W): blur, threshold, fill holes.
+    threshold must be in [0, 1]; blur 0 (off) or odd (an even value is rounded up, with a warning)."""
+    check_threshold(threshold)
+    blur = check_kernel("blur", blur)
     mask = threshold_mask(blur_mask(diff_map, blur), threshold)
     return fill_holes(mask) if holes else mask
 
