@@ -21,27 +21,48 @@ class ImageInputError(ValueError):
     "An input image cannot be used; the message names the argument and what is accepted."
 
 
-def to_rgb(image, name: str = "image") -> Image.Image:
+def to_rgb(image, name: str = "image", max_pixels: int = MAX_PIXELS, multiple: int = 1) -> Image.Image:
     """An RGB PIL image from a path, a PIL image or an (H, W[, C]) array. Never modifies the input.
 
     RGBA/LA are composited on white, palette images converted, 16-bit and float images scaled
-    to 8 bits; each with a warning that says so.
+    to 8 bits; each with a warning that says so. A file or array over `max_pixels` is refused
+    from its header or shape, before its pixels are decoded or copied; the size suggested
+    instead is a multiple of `multiple`.
     """
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.exists():
-            raise ImageInputError(f"{name}: file {str(path)!r} does not exist")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                image = im.copy()
-        except (UnidentifiedImageError, OSError) as e:
-            raise ImageInputError(f"{name}: {str(path)!r} is not an image PIL can read ({type(e).__name__})") from e
+        image = _read_image(Path(image), name, max_pixels, multiple)
     if isinstance(image, np.ndarray):
+        if image.ndim >= 2:
+            check_not_huge(image.shape[1], image.shape[0], name, max_pixels, multiple)
         image = _array_to_pil(image, name)
     if not isinstance(image, Image.Image):
         raise ImageInputError(f"{name} must be a path, a PIL image or a numpy array, got {type(image).__name__}")
     return _pil_to_rgb(image, name)
+
+
+def _read_image(path: Path, name: str, max_pixels: int, multiple: int) -> Image.Image:
+    "Open an image file, check its size from the header, then decode it into memory."
+    if not path.exists():
+        raise ImageInputError(f"{name}: file {str(path)!r} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below if too large
+            with Image.open(path) as im:
+                check_not_huge(*im.size, name, max_pixels, multiple)
+                im.load()
+                return im.copy()
+    except Image.DecompressionBombError as e:
+        raise ImageInputError(f"{name}: {str(path)!r} is far larger than the limit of {max_pixels:,} pixels ({e})") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageInputError(f"{name}: {str(path)!r} is not an image PIL can read ({type(e).__name__})") from e
+
+
+def check_not_huge(w: int, h: int, name: str = "image", max_pixels: int = MAX_PIXELS, multiple: int = 1):
+    "Refuse a w x h image over `max_pixels`, naming the largest size of the same shape that fits."
+    if w * h > max_pixels:
+        s = (max_pixels / (w * h)) ** 0.5
+        fw, fh = int(w * s) // multiple * multiple, int(h * s) // multiple * multiple
+        raise ImageInputError(f"{name} is {w}x{h} ({w * h:,} pixels, limit {max_pixels:,}); resize it to at most {fw}x{fh}")
 
 
 def _array_to_pil(arr: np.ndarray, name: str) -> Image.Image:
@@ -96,10 +117,7 @@ def fit_size(image: Image.Image, multiple: int, fit: str = "error", name: str = 
     min_side = min_side or multiple
     if w < min_side or h < min_side:
         raise ImageInputError(f"{name} is {w}x{h}; this model needs at least {min_side}x{min_side} pixels")
-    if w * h > max_pixels:
-        s = (max_pixels / (w * h)) ** 0.5
-        fw, fh = int(w * s) // multiple * multiple, int(h * s) // multiple * multiple
-        raise ImageInputError(f"{name} is {w}x{h} ({w * h:,} pixels, limit {max_pixels:,}); resize it to at most {fw}x{fh}")
+    check_not_huge(w, h, name, max_pixels, multiple)
     if w % multiple == 0 and h % multiple == 0:
         return image
     if fit == "error":
@@ -109,6 +127,8 @@ def fit_size(image: Image.Image, multiple: int, fit: str = "error", name: str = 
         )
     if fit == "crop":
         nw, nh = w // multiple * multiple, h // multiple * multiple
+        warnings.warn(f"{name} cropped from {w}x{h} to {nw}x{nh} (fit='crop': right and bottom edges cut)", stacklevel=3)
         return image.crop((0, 0, nw, nh))
     nw, nh = (max(multiple, round(v / multiple) * multiple) for v in (w, h))
+    warnings.warn(f"{name} resized from {w}x{h} to {nw}x{nh} (fit='resize')", stacklevel=3)
     return image.resize((nw, nh), Image.LANCZOS)
