@@ -15,29 +15,49 @@ def check_prompt(name: str, prompt) -> str:
     return prompt
 
 
-def tokenize(model, prompts: list[str]):
+def check_prompt_list(prompts, name: str = "prompts") -> list[str]:
+    "A string or a list of strings (empty strings allowed: the unconditional prompt) -> list of strings."
+    if isinstance(prompts, str):
+        return [prompts]
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"{name} must be a string or a list of strings, got {_describe(prompts)}")
+    return list(prompts)
+
+
+def _describe(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of {', '.join(sorted({type(v).__name__ for v in value}))}"
+    return type(value).__name__
+
+
+def tokenize(model, prompts: list[str], names: list[str] | None = None):
     """Token ids and attention mask, padded to the text model's length: each (B, L).
 
-    A prompt longer than L tokens is cut to L, with a warning saying how many were dropped.
+    A prompt longer than L tokens is cut to L, with a warning saying how many were dropped;
+    `names` (one per prompt, e.g. "source_prompt") say which prompt in that warning.
     """
+    prompts = check_prompt_list(prompts)
     tok = model.tokenizer
     length = model.max_prompt_tokens
-    for p in prompts:
+    for i, p in enumerate(prompts):
         n = len(tok(p).input_ids)
         if n > length:
-            warnings.warn(f"prompt {p[:40]!r}... has {n} tokens; truncated to the model's {length}", stacklevel=3)
+            label = names[i] if names else f"prompt {p[:40]!r}..."
+            warnings.warn(f"{label} has {n} tokens, more than the text model's limit of {length}: "
+                          f"truncated to {length} (the last {n - length} are ignored)", stacklevel=3)
     out = tok(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
     return out.input_ids, out.attention_mask
 
 
 @torch.no_grad()
-def encode_prompts(model, prompts) -> torch.Tensor:
+def encode_prompts(model, prompts, names: list[str] | None = None) -> torch.Tensor:
     """Text embeddings for a prompt or list of prompts: (B, L, D), on the model's device and dtype.
 
     Like Stable Diffusion, the UNet attends to the last hidden state of all L positions
     (the padding included), so no attention mask is passed to the text encoder.
+    `names` label the prompts in the truncation warning.
     """
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    ids, _ = tokenize(model, prompts)
+    prompts = check_prompt_list(prompts)
+    ids, _ = tokenize(model, prompts, names)
     emb = model.text_encoder(ids.to(model.text_encoder.device)).last_hidden_state  # (B, L, D)
     return emb.to(model.dtype)
