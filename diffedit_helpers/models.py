@@ -18,6 +18,8 @@ import torch
 
 BUNDLED_PATH = Path(__file__).parent / "bundled"
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+WEIGHTED = ("vae", "text_encoder", "unet")
+WEIGHT_FILES = ("*.safetensors", "*.bin")
 DEFAULT_SD_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
@@ -68,9 +70,16 @@ class DiffEditModel:
 
 
 def _default_device_dtype(device, dtype):
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    try:
+        device = torch.device(device) if device is not None else torch.device("cpu")
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available here; use device='cpu' (the default)")
     if dtype is None:
         dtype = torch.float32
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype (torch.float32, or torch.float16 on CUDA), got {dtype!r}")
     if dtype == torch.float16 and device.type == "cpu":
         raise ValueError("dtype=torch.float16 needs a CUDA device; use float32 on the CPU")
     return device, dtype
@@ -86,6 +95,9 @@ def _check_folder(path: Path):
         raise ModelLoadError(
             f"{str(path)!r} is not a diffusers Stable Diffusion folder: missing subfolder(s) {', '.join(missing)}"
         )
+    no_weights = [c for c in WEIGHTED if not any(next((path / c).glob(p), None) for p in WEIGHT_FILES)]
+    if no_weights:
+        raise ModelLoadError(f"{str(path)!r} has no weights (.safetensors or .bin) in {', '.join(c + '/' for c in no_weights)}")
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -110,7 +122,8 @@ def load_model(name_or_path: str | os.PathLike = "bundled", device=None, dtype=N
     else:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
             raise ModelLoadError(
-                f"{name!r} looks like a hub id, but HF_HUB_OFFLINE is set: download it elsewhere and pass its local folder"
+                f"{name!r} is not a local folder and looks like a hub id, but HF_HUB_OFFLINE is set: "
+                f"download it elsewhere and pass its local folder"
             )
         source, kw = name, {}
     try:
