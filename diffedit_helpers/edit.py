@@ -127,18 +127,41 @@ def composite(image: Image.Image, edited: Image.Image, mask: np.ndarray, feather
     return Image.fromarray(np.clip(out.round(), 0, 255).astype(np.uint8))
 
 
+def checked_config(config) -> DiffEditConfig:
+    "A validated copy of `config` (the defaults for None): the caller's object is never changed."
+    if config is None:
+        config = DiffEditConfig()
+    if not isinstance(config, DiffEditConfig):
+        raise TypeError(f"config must be a DiffEditConfig or None, got {type(config).__name__}")
+    return config.replace().validate()
+
+
+def check_generator(generator):
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None (e.g. torch.Generator().manual_seed(0)), "
+                        f"got {type(generator).__name__}")
+
+
+def prepare_inputs(model, image, source_prompt, target_prompt, config=None, fit: str = "error"):
+    """Every check `diffedit` makes before model work, for one image: returns (RGB image, validated
+    copy of config). Raises ValueError/TypeError naming the bad argument. For other entry points
+    that take the same arguments (a mask-only run, an evaluation)."""
+    config = checked_config(config)
+    return _prepare(model, image, source_prompt, target_prompt, config, fit), config
+
+
 def _prepare(model, image, source_prompt, target_prompt, config, fit):
-    config = (config or DiffEditConfig()).validate()
+    "Check the prompts and the image (config already checked); no model work. Returns the RGB image."
     check_prompt("source_prompt", source_prompt)
     check_prompt("target_prompt", target_prompt)
-    image = to_rgb(image, "image")
     f = model.vae_scale_factor
+    image = to_rgb(image, "image", multiple=f)
     min_side = f * 2 ** (len(model.unet.config.block_out_channels) - 1)
     image = fit_size(image, f, fit=fit, name="image", min_side=min_side)
     if source_prompt.strip() == target_prompt.strip():
         warnings.warn("source_prompt and target_prompt are identical: the mask is empty and the image is returned unchanged",
                       stacklevel=3)
-    return image, config
+    return image
 
 
 def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
@@ -153,6 +176,8 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
         would get alone.
     Returns a DiffEditResult (a list of them for a list of images).
     """
+    config = checked_config(config)
+    check_generator(generator)
     if isinstance(image, (list, tuple)):
         n = len(image)
         srcs = source_prompt if isinstance(source_prompt, (list, tuple)) else [source_prompt] * n
@@ -162,25 +187,29 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
         prepared = [_prepare(model, im, s, t, config, fit) for im, s, t in zip(image, srcs, tgts)]  # all checks first
         state = generator.get_state() if generator is not None else None
         results = []
-        for (im, cfg), s, t in zip(prepared, srcs, tgts):
+        for im, s, t in zip(prepared, srcs, tgts):
             if state is not None:
                 generator.set_state(state)
-            results.append(_diffedit_one(model, im, s, t, cfg, generator, callback, progress))
+            results.append(_diffedit_one(model, im, s, t, config, generator, callback, progress))
         return results
-    im, cfg = _prepare(model, image, source_prompt, target_prompt, config, fit)
-    return _diffedit_one(model, im, source_prompt, target_prompt, cfg, generator, callback, progress)
+    im = _prepare(model, image, source_prompt, target_prompt, config, fit)
+    return _diffedit_one(model, im, source_prompt, target_prompt, config, generator, callback, progress)
 
 
 @torch.no_grad()
 def _diffedit_one(model, image, source_prompt, target_prompt, config, generator, callback, progress):
     # 1. image -> latents (1, C, h, w); prompts -> embeddings (3, L, D): source, target, empty
     x0 = encode_image(model, image)
-    emb = encode_prompts(model, [source_prompt, target_prompt, ""])
+    emb = encode_prompts(model, [source_prompt, target_prompt, ""], names=["source_prompt", "target_prompt", ""])
     src, tgt, unc = emb[0:1], emb[1:2], emb[2:3]
     scheduler = make_scheduler(model, config.steps)
     # 2. the mask: averaged noise-prediction differences, normalised, at image resolution
-    raw = noise_difference(model, x0, src, tgt, scheduler, config.n_noise, config.mask_strength, generator,
-                           config.mask_batch_size)
+    if torch.equal(src, tgt):  # prompts the text model cannot tell apart: no difference, by definition
+        raw = torch.zeros(x0.shape[-2:], device=x0.device)
+    else:
+        raw = noise_difference(model, x0, src, tgt, scheduler, config.n_noise, config.mask_strength, generator,
+                               config.mask_batch_size)
+    _check_finite(raw, "the difference map", model)
     diff_map = upsample_map(normalise_map(raw), (image.height, image.width))
     mask = make_mask(diff_map, config.threshold, config.blur, config.fill_holes)
     if not mask.any():  # nothing to change (e.g. identical prompts): the input, untouched
@@ -196,7 +225,15 @@ def _diffedit_one(model, image, source_prompt, target_prompt, config, generator,
     # 4. masked denoising towards the target prompt
     latents = masked_denoise(model, backgrounds[k0], backgrounds, m, tgt, unc, scheduler, k0, config.guidance,
                              callback, progress)
+    _check_finite(latents, "the edited latents", model)
     edited = decode_to_images(model, latents)[0]
     if config.composite:
         edited = composite(image, edited, mask, config.feather)
     return DiffEditResult(edited, mask, diff_map.astype(np.float32), image, source_prompt, target_prompt, config)
+
+
+def _check_finite(x: torch.Tensor, what: str, model):
+    "Refuse to turn NaN/inf (a half-precision overflow in the UNet) into a mask or a picture."
+    if not torch.isfinite(x).all():
+        hint = "; load the model with dtype=torch.float32" if model.dtype != torch.float32 else ""
+        raise RuntimeError(f"the UNet produced NaN or inf in {model.dtype} ({what}){hint}")
