@@ -38,12 +38,37 @@ def _add_edit_options(p: argparse.ArgumentParser):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+# the config field each option sets, where the names differ
+FIELD_FLAGS = {"edit_start": "--start", "fill_holes": "--no-fill-holes", "composite": "--no-composite"}
+
+
 def config_from_args(args) -> DiffEditConfig:
-    return DiffEditConfig(
+    "The config the options ask for; a bad value is refused with the option's name first."
+    config = DiffEditConfig(
         n_noise=args.n_noise, mask_strength=args.mask_strength, threshold=args.threshold, blur=args.blur,
         fill_holes=not args.no_fill_holes, guidance=args.guidance, steps=args.steps, edit_start=args.start,
         encoding=args.encoding, composite=not args.no_composite,
-    ).validate()
+    )
+    try:
+        return config.validate()
+    except ValueError as e:
+        field = str(e).split(" ", 1)[0].split("=", 1)[0]
+        if field in config.to_dict():
+            raise ValueError(f"{FIELD_FLAGS.get(field, '--' + field.replace('_', '-'))}: {e}") from None
+        raise
+
+
+def check_inputs(image, source: str, target: str, out_paths: list[Path]):
+    "The prompts and the image file, checked before a model is loaded; the input is never an output."
+    from .images import to_rgb
+    from .text import check_prompt
+
+    check_prompt("--source", source)
+    check_prompt("--target", target)
+    for p in out_paths:
+        if p.exists() and p.resolve() == Path(image).resolve():
+            raise ValueError(f"--out {str(p.parent)!r} would overwrite the input image {str(image)!r}; choose another folder")
+    return to_rgb(image, "image")
 
 
 def check_outputs(out: Path, overwrite: bool) -> list[Path]:
@@ -76,9 +101,10 @@ def run_edit(image, source, target, out: Path, args) -> Path:
 
     config = config_from_args(args)
     paths = check_outputs(out, args.overwrite)
+    picture = check_inputs(image, source, target, paths)
     model = load_model(args.model, device=args.device)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
-    result = diffedit(model, image, source, target, config, generator=gen, fit=args.fit, progress=not args.quiet)
+    result = diffedit(model, picture, source, target, config, generator=gen, fit=args.fit, progress=not args.quiet)
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
