@@ -26,6 +26,7 @@ from .mask import (
 from .models import BUNDLED_PATH, DiffEditModel, ModelLoadError, load_auto, load_model
 from .noising import add_noise, make_scheduler, timestep_at
 from .text import encode_prompts, tokenize
+from .widgets import mask_explorer
 
 __all__ = [
     "DiffEditConfig", "DiffEditResult", "DiffEditModel", "ImageInputError", "ModelLoadError", "BUNDLED_PATH",
@@ -34,4 +35,5 @@ __all__ = [
     "guided_noise", "noise_difference", "normalise_map", "upsample_map", "threshold_mask", "blur_mask", "fill_holes",
     "make_mask", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds", "composite", "to_epsilon",
     "to_rgb", "fit_size",
+    "mask_explorer",
 ]
