@@ -1,0 +1,201 @@
+"""What the benchmarks share: diffusers' DiffEdit pipeline (the peer we measure against, never a
+dependency of the package) run with our settings, and a UNet wrapper that counts and times calls.
+
+The peer runs its three documented calls: generate_mask, invert, then the pipeline itself, at
+the same steps, noise draws, mask noise level, start step and guidance as a DiffEditConfig.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+PEER_RATIO = 3.0  # diffusers' mask_thresholding_ratio default: clamp at 3x the mean, keep > 0.5 (> 1.5x the mean)
+
+
+def load_peer(folder, dtype=torch.float32, device="cpu"):
+    "diffusers' StableDiffusionDiffEditPipeline from a local SD folder, no safety checker, progress bars off."
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = StableDiffusionDiffEditPipeline.from_pretrained(
+            str(folder), torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            scheduler=DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler"),
+            inverse_scheduler=DDIMInverseScheduler.from_pretrained(str(folder), subfolder="scheduler"),
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def peer_from_components(vae, text_encoder, tokenizer, unet, scheduler_config):
+    "The same pipeline built from components already in memory (the GPU benchmark's random ones)."
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = StableDiffusionDiffEditPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+            scheduler=DDIMScheduler.from_config(scheduler_config), safety_checker=None, feature_extractor=None,
+            inverse_scheduler=DDIMInverseScheduler.from_config(scheduler_config), requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def inpaint_strength(config) -> float:
+    "The fraction of the steps the peer runs, so that it runs exactly the steps ours runs."
+    return (config.steps - config.start_index) / config.steps
+
+
+@dataclass
+class PeerResult:
+    image: "object"  # PIL image
+    latent_mask: np.ndarray  # (h, w) in {0, 1}, the pipeline's own mask
+    mask: np.ndarray  # (H, W) bool: the latent mask on the pixels (each latent cell covers f x f pixels)
+    seconds: dict = field(default_factory=dict)  # per stage: mask, encoding (inversion), denoising
+
+
+def peer_edit(pipe, image, source_prompt, target_prompt, config, generator, ratio: float = PEER_RATIO,
+              recorder=None) -> PeerResult:
+    """One edit by the peer: generate_mask -> invert -> __call__, each stage timed (and its UNet
+    calls labelled by stage when a UNetRecorder is given)."""
+    strength = inpaint_strength(config)
+    stage = (lambda name: setattr(recorder, "stage", name)) if recorder is not None else (lambda name: None)
+    stage("mask")
+    t0 = time.perf_counter()
+    mask = pipe.generate_mask(image=image, source_prompt=source_prompt, target_prompt=target_prompt,
+                              num_maps_per_mask=config.n_noise, mask_encode_strength=config.mask_strength,
+                              mask_thresholding_ratio=ratio, num_inference_steps=config.steps,
+                              guidance_scale=config.guidance, generator=generator, output_type="np")  # (1, h, w)
+    t1 = time.perf_counter()
+    stage("encoding")
+    latents = pipe.invert(prompt=source_prompt, image=image, num_inference_steps=config.steps, inpaint_strength=strength,
+                          guidance_scale=config.guidance, generator=generator).latents
+    t2 = time.perf_counter()
+    stage("denoising")
+    out = pipe(prompt=target_prompt, mask_image=mask, image_latents=latents, num_inference_steps=config.steps,
+               inpaint_strength=strength, guidance_scale=config.guidance, generator=generator).images[0]
+    t3 = time.perf_counter()
+    stage("other")
+    latent = np.asarray(mask[0])
+    return PeerResult(out, latent, pixel_mask(latent, (image.height, image.width)),
+                      dict(mask=t1 - t0, encoding=t2 - t1, denoising=t3 - t2))
+
+
+def pixel_mask(latent_mask: np.ndarray, size) -> np.ndarray:
+    "(h, w) latent mask -> (H, W) bool, every latent cell covering its block of pixels (nearest)."
+    h, w = latent_mask.shape
+    H, W = size
+    rows = np.arange(H) * h // H
+    cols = np.arange(W) * w // W
+    return np.asarray(latent_mask)[rows][:, cols] > 0.5
+
+
+def peer_map_from_mask_call(output: torch.Tensor, n_noise: int, guidance: float) -> np.ndarray:
+    """The peer's own difference map, rebuilt from the one UNet output of `generate_mask`
+    (batch 4n: [negative-source, source, negative-target, target] blocks of n, as the pipeline
+    concatenates them): mean over draws and channels of |guided target - guided source|, (h, w).
+    Its mask at mask_thresholding_ratio r is `map > r / 2 * map.mean()`."""
+    neg_src, src, unc, tgt = output.float().chunk(4)
+    src = neg_src + guidance * (src - neg_src)
+    tgt = unc + guidance * (tgt - unc)
+    return (tgt - src).abs().reshape(n_noise, *tgt.shape[1:]).mean(dim=(0, 1)).cpu().numpy()
+
+
+def peer_mask_at(peer_map: np.ndarray, ratio: float) -> np.ndarray:
+    "The peer's thresholding rule (clamp at ratio x mean, keep > 0.5) on its map: (h, w) in {0, 1}."
+    m = torch.from_numpy(peer_map)
+    clamp = m.mean() * ratio
+    return (m.clamp(0, clamp) / clamp > 0.5).numpy().astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- counting UNet calls
+class UNetRecorder:
+    """Wraps a UNet's forward (an instance attribute, removed on exit) to count calls and
+    samples per stage and time them. Set `.stage` before each stage; `keep` keeps the outputs
+    of calls made while `.stage == keep`.
+
+        with UNetRecorder(unet) as rec:
+            rec.stage = "mask"; ...
+        rec.calls["mask"], rec.samples["mask"], rec.seconds["mask"]
+    """
+
+    def __init__(self, unet, keep: str | None = None, sync=None):
+        self.unet, self.keep, self.sync = unet, keep, sync or (lambda: None)
+        self.stage = "other"
+        self.calls, self.samples, self.seconds, self.kept, self.wall = {}, {}, {}, [], {}
+
+    def reset(self):
+        self.calls, self.samples, self.seconds, self.kept, self.wall = {}, {}, {}, [], {}
+
+    def __enter__(self):
+        original = self.unet.forward  # the bound method
+
+        def counted(sample, *args, **kwargs):
+            self.sync()
+            t0 = time.perf_counter()
+            out = original(sample, *args, **kwargs)
+            self.sync()
+            s = self.stage
+            self.seconds[s] = self.seconds.get(s, 0.0) + time.perf_counter() - t0
+            self.calls[s] = self.calls.get(s, 0) + 1
+            self.samples[s] = self.samples.get(s, 0) + sample.shape[0]
+            if self.keep is not None and s == self.keep:
+                self.kept.append((out[0] if isinstance(out, tuple) else out.sample).detach())
+            return out
+
+        self.unet.forward = counted  # nn.Module.__call__ looks the instance attribute up first
+        return self
+
+    def __exit__(self, *exc):
+        del self.unet.forward  # back to the class's forward
+        return False
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+
+OUR_STAGES = {
+    "encode_image": "encode", "encode_prompts": "text", "noise_difference": "mask", "ddim_invert": "encoding",
+    "noised_backgrounds": "encoding", "masked_denoise": "denoising", "decode_to_images": "decode", "composite": "composite",
+}
+
+
+@contextlib.contextmanager
+def our_stages(recorder):
+    """Label the UNet calls of `diffedit` by stage and time each stage: wraps the step functions
+    `diffedit` calls (names in diffedit_helpers.edit's namespace) for the duration, restoring
+    them afterwards. Wall time per stage accumulates in `recorder.wall`."""
+    from diffedit_helpers import edit as edit_module
+
+    originals = {n: getattr(edit_module, n) for n in OUR_STAGES}
+    if not hasattr(recorder, "wall"):
+        recorder.wall = {}
+
+    def staged(fn, stage):
+        def run(*args, **kwargs):
+            previous, recorder.stage = recorder.stage, stage
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                recorder.wall[stage] = recorder.wall.get(stage, 0.0) + time.perf_counter() - t0
+                recorder.stage = previous
+        return run
+
+    for n, stage in OUR_STAGES.items():
+        setattr(edit_module, n, staged(originals[n], stage))
+    try:
+        yield recorder
+    finally:
+        for n, fn in originals.items():
+            setattr(edit_module, n, fn)
