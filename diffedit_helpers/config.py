@@ -22,6 +22,11 @@ class DiffEditConfig:
         blur: Gaussian blur kernel in image pixels applied to the map before the threshold;
             0 turns it off, otherwise odd (an even value is rounded up, with a warning).
         fill_holes: fill regions the mask encloses (shape edits light up a ring).
+        refine: snap the map's edges to the image's edges (a guided filter with the image as
+            guide) before blur and threshold; the map is computed at latent resolution.
+        refine_radius: the guided filter's window radius in latent cells (x the VAE scale
+            factor in pixels: 8 px on the bundled model, 16 px on Stable Diffusion).
+        refine_eps: its ridge term; smaller follows the image's edges more closely.
     Edit (steps 2-3):
         guidance: classifier-free guidance scale for the denoising (<= 1 switches it off).
         steps: DDIM steps of the full schedule.
@@ -37,9 +42,12 @@ class DiffEditConfig:
 
     n_noise: int = 10
     mask_strength: float = 0.5
-    threshold: float = 0.35
-    blur: int = 5
+    threshold: float = 0.25
+    blur: int = 0
     fill_holes: bool = True
+    refine: bool = True
+    refine_radius: int = 3
+    refine_eps: float = 1e-4
     guidance: float = 7.5
     steps: int = 50
     edit_start: float = 0.25
@@ -55,6 +63,12 @@ class DiffEditConfig:
         check_threshold(self.threshold)
         self.blur = check_kernel("blur", self.blur)
         self.feather = check_kernel("feather", self.feather)
+        if not isinstance(self.refine, bool):
+            raise ValueError(f"refine must be True or False, got {self.refine!r}")
+        _check_int("refine_radius", self.refine_radius, 1)
+        _check_real("refine_eps", self.refine_eps)
+        if not self.refine_eps > 0:
+            raise ValueError(f"refine_eps must be > 0, got {self.refine_eps}")
         _check_real("guidance", self.guidance)
         if self.guidance < 0:
             raise ValueError(f"guidance must be >= 0 (values <= 1 switch classifier-free guidance off), got {self.guidance}")

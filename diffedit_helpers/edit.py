@@ -21,7 +21,7 @@ from PIL import Image
 from .config import DiffEditConfig
 from .images import fit_size, to_rgb
 from .latents import decode_to_images, encode_image
-from .mask import blur_mask, draw_noise, guided_noise, latent_mask, make_mask, noise_difference, normalise_map, predict_noise, upsample_map
+from .mask import blur_mask, draw_noise, refine_map, guided_noise, latent_mask, make_mask, noise_difference, normalise_map, predict_noise, upsample_map
 from .noising import add_noise, alpha_bar, make_scheduler
 from .text import check_prompt, encode_prompts
 
@@ -32,11 +32,12 @@ class DiffEditResult:
 
     image: Image.Image  # the edited image
     mask: np.ndarray  # (H, W) bool: where the image was allowed to change
-    difference_map: np.ndarray  # (H, W) float32 in [0, 1]
+    difference_map: np.ndarray  # (H, W) float32 in [0, 1]: the map the mask is thresholded from
     input_image: Image.Image
     source_prompt: str
     target_prompt: str
     config: DiffEditConfig = field(default_factory=DiffEditConfig)
+    raw_map: np.ndarray | None = None  # (H, W) float32 in [0, 1]: the same before refinement
 
 
 def to_epsilon(output, latents, abar, prediction_type: str = "epsilon") -> torch.Tensor:
@@ -197,6 +198,40 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
 
 
 @torch.no_grad()
+def mask_maps(model, image, x0, source_emb, target_emb, scheduler, config, generator=None):
+    """Step 1 of DiffEdit from encoded inputs: (raw_map, map), each (H, W) float32 in [0, 1].
+
+    raw_map is the normalised noise-prediction difference upsampled to the image; map is the
+    same refined with the image's edges when config.refine (else raw_map itself). The mask
+    is `make_mask(map, config.threshold, config.blur, config.fill_holes)`.
+    """
+    if torch.equal(source_emb, target_emb):  # prompts the text model cannot tell apart: no difference, by definition
+        raw = torch.zeros(x0.shape[-2:], device=x0.device)
+    else:
+        raw = noise_difference(model, x0, source_emb, target_emb, scheduler, config.n_noise, config.mask_strength,
+                               generator, config.mask_batch_size)
+    _check_finite(raw, "the difference map", model)
+    raw_map = upsample_map(normalise_map(raw), (image.height, image.width)).astype(np.float32)
+    if not config.refine or not raw_map.any():
+        return raw_map, raw_map
+    radius = config.refine_radius * model.vae_scale_factor  # latent cells -> pixels
+    return raw_map, refine_map(raw_map, image, radius, config.refine_eps)
+
+
+@torch.no_grad()
+def difference_map(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
+                   generator: torch.Generator | None = None, fit: str = "error") -> np.ndarray:
+    """Step 1 alone: the (H, W) float32 map in [0, 1] that `diffedit` thresholds into its mask
+    (with the same generator state, the same map). Checks its inputs as `diffedit` does."""
+    image, config = prepare_inputs(model, image, source_prompt, target_prompt, config, fit)
+    check_generator(generator)
+    x0 = encode_image(model, image)
+    # the same three-prompt batch diffedit encodes, so the map matches it bit for bit
+    emb = encode_prompts(model, [source_prompt, target_prompt, ""], names=["source_prompt", "target_prompt", ""])
+    return mask_maps(model, image, x0, emb[0:1], emb[1:2], make_scheduler(model, config.steps), config, generator)[1]
+
+
+@torch.no_grad()
 def _diffedit_one(model, image, source_prompt, target_prompt, config, generator, callback, progress):
     # 1. image -> latents (1, C, h, w); prompts -> embeddings (3, L, D): source, target, empty
     x0 = encode_image(model, image)
@@ -204,16 +239,10 @@ def _diffedit_one(model, image, source_prompt, target_prompt, config, generator,
     src, tgt, unc = emb[0:1], emb[1:2], emb[2:3]
     scheduler = make_scheduler(model, config.steps)
     # 2. the mask: averaged noise-prediction differences, normalised, at image resolution
-    if torch.equal(src, tgt):  # prompts the text model cannot tell apart: no difference, by definition
-        raw = torch.zeros(x0.shape[-2:], device=x0.device)
-    else:
-        raw = noise_difference(model, x0, src, tgt, scheduler, config.n_noise, config.mask_strength, generator,
-                               config.mask_batch_size)
-    _check_finite(raw, "the difference map", model)
-    diff_map = upsample_map(normalise_map(raw), (image.height, image.width))
+    raw_map, diff_map = mask_maps(model, image, x0, src, tgt, scheduler, config, generator)
     mask = make_mask(diff_map, config.threshold, config.blur, config.fill_holes)
     if not mask.any():  # nothing to change (e.g. identical prompts): the input, untouched
-        return DiffEditResult(image.copy(), mask, diff_map.astype(np.float32), image, source_prompt, target_prompt, config)
+        return DiffEditResult(image.copy(), mask, diff_map, image, source_prompt, target_prompt, config, raw_map)
     m = latent_mask(mask, x0.shape[-2:], x0.device, x0.dtype)  # (1, 1, h, w)
     # 3. encode the image to the start level: noised, or DDIM-inverted with the source prompt
     k0 = config.start_index
@@ -229,7 +258,7 @@ def _diffedit_one(model, image, source_prompt, target_prompt, config, generator,
     edited = decode_to_images(model, latents)[0]
     if config.composite:
         edited = composite(image, edited, mask, config.feather)
-    return DiffEditResult(edited, mask, diff_map.astype(np.float32), image, source_prompt, target_prompt, config)
+    return DiffEditResult(edited, mask, diff_map, image, source_prompt, target_prompt, config, raw_map)
 
 
 def _check_finite(x: torch.Tensor, what: str, model):

@@ -28,6 +28,7 @@ from scipy.ndimage import binary_erosion
 
 from .config import DiffEditConfig
 from .edit import diffedit
+from .edit import difference_map as edit_difference_map
 from .latents import encode_image
 from .mask import make_mask, noise_difference, normalise_map, upsample_map
 from .noising import make_scheduler
@@ -208,17 +209,11 @@ def edit_success(edited, edit: Edit) -> bool:
 
 
 # ----------------------------------------------------------------------------- running DiffEdit
-@torch.no_grad()
 def difference_map(model, image, source_prompt: str, target_prompt: str, config: DiffEditConfig,
                    generator: torch.Generator | None = None) -> np.ndarray:
-    """Step 1 of `diffedit` alone: the normalised difference map (H, W) float32 in [0, 1].
+    """Step 1 of `diffedit` alone: the (H, W) float32 map in [0, 1] its mask is thresholded from.
     With the same generator state it is the map `diffedit` computes."""
-    x0 = encode_image(model, image)  # (1, C, h, w)
-    emb = encode_prompts(model, [source_prompt, target_prompt, ""])  # the same batch diffedit encodes
-    scheduler = make_scheduler(model, config.steps)
-    raw = noise_difference(model, x0, emb[0:1], emb[1:2], scheduler, config.n_noise, config.mask_strength, generator,
-                           config.mask_batch_size)
-    return upsample_map(normalise_map(raw), (image.height, image.width)).astype(np.float32)
+    return edit_difference_map(model, image, source_prompt, target_prompt, config, generator)
 
 
 def evaluate(model, edits, config: DiffEditConfig | None = None, seed: int = 0, progress: bool = False) -> list[dict]:

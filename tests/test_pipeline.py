@@ -243,3 +243,31 @@ def test_guidance_at_or_below_one_uses_only_the_conditional_prediction(tiny_mode
         torch.testing.assert_close(guided_noise(tiny_model, x0, t, tgt, unc, g), predict_noise(tiny_model, x0, t, tgt))
     r = diffedit(tiny_model, scene_image, "a brown horse on grass", "a zebra on grass", FAST.replace(guidance=1.0), gen, progress=False)
     assert r.mask.shape == (64, 64)
+
+
+# ----------------------------------------------------------------------------- refinement
+def test_refine_map_moves_a_soft_edge_onto_the_image_edge():
+    from diffedit_helpers.mask import refine_map
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, 30:] = 255  # a sharp vertical edge between columns 29 and 30
+    soft = np.clip((np.arange(64) - 22) / 16, 0, 1).astype(np.float32)[None].repeat(64, 0)  # a ramp over 16 px
+    out = refine_map(soft, image, radius=8, eps=1e-4)
+    assert out.shape == soft.shape and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    row, steps_in = out[32], np.diff(soft[32])
+    steps_out = np.diff(row)
+    assert steps_out.argmax() == 29  # the steepest change sits on the image's edge (columns 29 -> 30)
+    assert steps_out.max() > 4 * steps_in.max()  # and is far sharper than the input's ramp
+    assert np.array_equal(refine_map(soft, image, radius=0), soft)
+
+
+def test_result_mask_is_made_from_the_returned_map(tiny_model, scene_image, gen):
+    from diffedit_helpers import make_mask
+
+    for refine in (True, False):
+        cfg = FAST.replace(refine=refine)
+        r = diffedit(tiny_model, scene_image, "a brown horse on grass", "a zebra on grass", cfg, generator=gen, progress=False)
+        assert np.array_equal(r.mask, make_mask(r.difference_map, cfg.threshold, cfg.blur, cfg.fill_holes))
+        assert r.raw_map.shape == r.difference_map.shape
+        assert np.array_equal(r.raw_map, r.difference_map) != refine
