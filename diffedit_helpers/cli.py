@@ -23,6 +23,7 @@ def _add_edit_options(p: argparse.ArgumentParser):
     p.add_argument("--threshold", type=float, default=d.threshold, help=f"mask threshold in [0, 1] (default {d.threshold})")
     p.add_argument("--blur", type=int, default=d.blur, help=f"odd Gaussian blur kernel in pixels, 0 = off (default {d.blur})")
     p.add_argument("--no-fill-holes", action="store_true", help="keep holes enclosed by the mask")
+    p.add_argument("--no-refine", action="store_true", help="threshold the latent-resolution map as it is (no snapping to the image's edges)")
     p.add_argument("--n-noise", type=int, default=d.n_noise, help=f"noise draws for the mask, >= 1 (default {d.n_noise})")
     p.add_argument("--mask-strength", type=float, default=d.mask_strength, help=f"noise level for the mask in (0, 1] (default {d.mask_strength})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"DDIM steps, >= 1 (default {d.steps})")
@@ -39,14 +40,14 @@ def _add_edit_options(p: argparse.ArgumentParser):
 
 
 # the config field each option sets, where the names differ
-FIELD_FLAGS = {"edit_start": "--start", "fill_holes": "--no-fill-holes", "composite": "--no-composite"}
+FIELD_FLAGS = {"edit_start": "--start", "fill_holes": "--no-fill-holes", "composite": "--no-composite", "refine": "--no-refine"}
 
 
 def config_from_args(args) -> DiffEditConfig:
     "The config the options ask for; a bad value is refused with the option's name first."
     config = DiffEditConfig(
         n_noise=args.n_noise, mask_strength=args.mask_strength, threshold=args.threshold, blur=args.blur,
-        fill_holes=not args.no_fill_holes, guidance=args.guidance, steps=args.steps, edit_start=args.start,
+        fill_holes=not args.no_fill_holes, refine=not args.no_refine, guidance=args.guidance, steps=args.steps, edit_start=args.start,
         encoding=args.encoding, composite=not args.no_composite,
     )
     try:
