@@ -97,7 +97,7 @@ def background(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     fine = rng.normal(0, 1, (size, size)).astype(np.float32)
     if name == "grass":
         base = np.array([70, 150, 55], np.float32)
-        blades = _noise(rng, size, size // 2)[None].repeat(1, 0)[0]
+        blades = _noise(rng, size, size // 2)
         shade = 18 * fine + 14 * blades + 20 * _noise(rng, size, 4)
         img = base + shade[..., None] * np.array([0.5, 1.0, 0.4], np.float32)
     elif name == "sky":
