@@ -8,7 +8,7 @@
 """
 
 from .config import DiffEditConfig
-from .edit import DiffEditResult, composite, ddim_invert, diffedit, difference_map, masked_denoise, noised_backgrounds, to_epsilon
+from .edit import DiffEditResult, composite, ddim_invert, diffedit, difference_map, feather_alpha, mask_maps, masked_denoise, noised_backgrounds, to_epsilon
 from .images import ImageInputError, fit_size, to_rgb
 from .latents import decode_latents, decode_to_images, encode_image, image_to_tensor, tensor_to_images
 from .mask import (
@@ -34,7 +34,7 @@ __all__ = [
     "load_model", "load_auto", "diffedit", "encode_image", "decode_latents", "decode_to_images", "image_to_tensor",
     "tensor_to_images", "encode_prompts", "tokenize", "make_scheduler", "timestep_at", "add_noise", "predict_noise",
     "guided_noise", "noise_difference", "normalise_map", "upsample_map", "threshold_mask", "blur_mask", "fill_holes",
-    "make_mask", "refine_map", "difference_map", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds", "composite", "to_epsilon",
+    "make_mask", "refine_map", "difference_map", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds", "composite", "feather_alpha", "mask_maps", "to_epsilon",
     "to_rgb", "fit_size",
     "mask_explorer",
 ]

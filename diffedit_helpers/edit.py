@@ -117,11 +117,17 @@ def noised_backgrounds(scheduler, latents, noise, start_index: int) -> list:
     return levels + [latents]
 
 
-def composite(image: Image.Image, edited: Image.Image, mask: np.ndarray, feather: int = 5) -> Image.Image:
-    """Paste the edit into the input through a feathered mask: alpha = 1 on the mask, falling
-    to 0 within `feather` pixels outside it; where alpha is 0 the pixels are the input's, exactly."""
+def feather_alpha(mask: np.ndarray, feather: int = 5) -> np.ndarray:
+    """The composite's blend weight, (H, W) float32 in [0, 1]: 1 on the mask, falling to 0
+    within `feather` pixels outside it (a Gaussian blur of the mask, never below the mask)."""
     m = np.asarray(mask, dtype=np.float32)
-    alpha = np.maximum(m, blur_mask(m, feather))[..., None]  # (H, W, 1)
+    return np.maximum(m, blur_mask(m, feather))
+
+
+def composite(image: Image.Image, edited: Image.Image, mask: np.ndarray, feather: int = 5) -> Image.Image:
+    """Paste the edit into the input through the feathered mask (`feather_alpha`): where the
+    weight is 0 the pixels are the input's, exactly."""
+    alpha = feather_alpha(mask, feather)[..., None]  # (H, W, 1)
     src = np.asarray(image, dtype=np.float32)
     out = src + alpha * (np.asarray(edited, dtype=np.float32) - src)
     out = np.where(alpha > 0, out, src)
