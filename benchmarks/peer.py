@@ -23,7 +23,11 @@ def load_peer(folder, dtype=torch.float32, device="cpu"):
     from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
     from diffusers.utils import logging as dlog
 
+    from transformers.utils import logging as tlog
+
     dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = StableDiffusionDiffEditPipeline.from_pretrained(

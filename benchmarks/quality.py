@@ -141,7 +141,8 @@ def plot_curves(ours, peer, config, path):
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3), sharey=True, dpi=100)
     a.plot(THRESHOLDS, ours, marker="o", ms=3)
     a.axvline(config.threshold, color="gray", ls="--", lw=1)
-    a.set(title=f"ours (blur {config.blur}, fill holes {config.fill_holes})", xlabel="threshold on the [0, 1] map",
+    refine = ", refined" if getattr(config, "refine", False) else ""
+    a.set(title=f"ours (blur {config.blur}, fill holes {config.fill_holes}{refine})", xlabel="threshold on the [0, 1] map",
           ylabel="mean mask IoU")
     b.plot(RATIOS, peer, marker="o", ms=3, color="C1")
     b.axvline(PEER_RATIO, color="gray", ls="--", lw=1)
@@ -155,7 +156,11 @@ def plot_curves(ours, peer, config, path):
 
 def example_grid(pictures, edits, per_kind, path):
     "Rows of: input | true region | our mask | ours (noise) | ours (inversion) | peer's mask | peer."
-    chosen = [i for k in EDIT_KINDS for i in [j for j in sorted(pictures) if edits[j].kind == k][:per_kind]]
+    chosen, used = [], set()  # every row from a different scene
+    for k in EDIT_KINDS:
+        for i in [j for j in sorted(pictures) if edits[j].kind == k and edits[j].source not in used][:per_kind]:
+            chosen.append(i)
+            used.add(edits[i].source)
     images, titles = [], []
     for i in chosen:
         image, truth, outs = pictures[i]
@@ -172,6 +177,11 @@ def write_csv(rows, path):
         w.writerows(rows)
 
 
+def config_text(config) -> str:
+    "The config's mask and edit settings in one line (every field, whatever the version)."
+    return ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k != "mask_batch_size")
+
+
 def markdown(rows, edits, config, curves, seconds, args) -> str:
     ours, peer = curves
     best_t, best_r = THRESHOLDS[int(np.argmax(ours))], RATIOS[int(np.argmax(peer))]
@@ -183,8 +193,8 @@ def markdown(rows, edits, config, curves, seconds, args) -> str:
         f"({'every kind on every scene' if args.all_kinds else 'one edit kind per scene, in turn'}), bundled model, "
         f"CPU float32, one thread; {config.steps} DDIM steps, edit from step {config.start_index}, "
         f"{config.n_noise} noise draws at mask strength {config.mask_strength}, guidance {config.guidance} "
-        f"(the peer's inversion too), our mask threshold {config.threshold}, blur {config.blur}; "
-        f"the peer's mask_thresholding_ratio {PEER_RATIO}. Seed {args.seed} for every edit. "
+        f"(the peer's inversion too); the peer's mask_thresholding_ratio {PEER_RATIO}. Seed {args.seed} for every "
+        f"edit. Ours: `{config_text(config)}`. "
         f"torch {torch.__version__}, diffusers {__import__('diffusers').__version__}, {platform.machine()}; "
         f"{seconds / 60:.1f} min in all.",
         "",
