@@ -29,11 +29,8 @@ from scipy.ndimage import binary_erosion
 from .config import DiffEditConfig
 from .edit import diffedit
 from .edit import difference_map as edit_difference_map
-from .latents import encode_image
-from .mask import make_mask, noise_difference, normalise_map, upsample_map
-from .noising import make_scheduler
+from .mask import make_mask
 from .shapes import COLOURS, EDIT_KINDS, Edit, Thing, make_edit, paint, random_scene, render, shape_mask
-from .text import encode_prompts
 from .train import HELD_OUT_SEED
 
 EVAL_KINDS = ("colour", "shape", "pattern")  # the kinds the mask IoU target is stated over
