@@ -1,6 +1,6 @@
 # make demo   set up (first time) and edit a shapes-world horse into a zebra with the bundled model
 # make test   set up (first time) and run the tests and every notebook under nbval
-# make bench  regenerate the README's Results section (benchmarks/)
+# make bench  regenerate the README's Results section (benchmarks/; about 25 minutes on one thread)
 # make train  retrain the bundled model from scratch (CPU, under an hour)
 
 PYTHON ?= python3
@@ -31,7 +31,7 @@ test-fast: setup
 	$(RUN) -m pytest -q -p no:cacheprovider tests -m "not slow"
 
 bench: setup
-	$(RUN) benchmarks/quality.py && $(RUN) benchmarks/speed.py && $(RUN) benchmarks/update_readme.py
+	$(RUN) benchmarks/quality.py --all-kinds && $(RUN) benchmarks/speed.py --notebooks && $(RUN) benchmarks/update_readme.py
 
 train: setup
 	$(RUN) -m diffedit_helpers.train --out runs/bundled-retrained
