@@ -21,7 +21,9 @@ from PIL import Image
 from .config import DiffEditConfig
 from .images import fit_size, to_rgb
 from .latents import decode_to_images, encode_image
-from .mask import blur_mask, draw_noise, refine_map, guided_noise, latent_mask, make_mask, noise_difference, normalise_map, predict_noise, upsample_map
+from .mask import (
+    blur_mask, draw_noise, guided_noise, latent_mask, make_mask, noise_difference, normalise_map, refine_map, upsample_map,
+)
 from .noising import add_noise, alpha_bar, make_scheduler
 from .text import check_prompt, encode_prompts
 
@@ -231,18 +233,24 @@ def difference_map(model, image, source_prompt, target_prompt, config: DiffEditC
     (with the same generator state, the same map). Checks its inputs as `diffedit` does."""
     image, config = prepare_inputs(model, image, source_prompt, target_prompt, config, fit)
     check_generator(generator)
+    x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt)
+    return mask_maps(model, image, x0, src, tgt, make_scheduler(model, config.steps), config, generator)[1]
+
+
+@torch.no_grad()
+def encode_inputs(model, image, source_prompt, target_prompt):
+    """The image latents (1, C, h, w) and the source, target and empty-prompt embeddings
+    (1, L, D) each, encoded as one three-prompt batch (the same batch for every entry point,
+    so their maps agree bit for bit)."""
     x0 = encode_image(model, image)
-    # the same three-prompt batch diffedit encodes, so the map matches it bit for bit
     emb = encode_prompts(model, [source_prompt, target_prompt, ""], names=["source_prompt", "target_prompt", ""])
-    return mask_maps(model, image, x0, emb[0:1], emb[1:2], make_scheduler(model, config.steps), config, generator)[1]
+    return x0, emb[0:1], emb[1:2], emb[2:3]
 
 
 @torch.no_grad()
 def _diffedit_one(model, image, source_prompt, target_prompt, config, generator, callback, progress):
     # 1. image -> latents (1, C, h, w); prompts -> embeddings (3, L, D): source, target, empty
-    x0 = encode_image(model, image)
-    emb = encode_prompts(model, [source_prompt, target_prompt, ""], names=["source_prompt", "target_prompt", ""])
-    src, tgt, unc = emb[0:1], emb[1:2], emb[2:3]
+    x0, src, tgt, unc = encode_inputs(model, image, source_prompt, target_prompt)
     scheduler = make_scheduler(model, config.steps)
     # 2. the mask: averaged noise-prediction differences, normalised, at image resolution
     raw_map, diff_map = mask_maps(model, image, x0, src, tgt, scheduler, config, generator)

@@ -15,7 +15,7 @@ text the bundled model was trained on. `make_edit(scene, kind)` turns a scene in
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
