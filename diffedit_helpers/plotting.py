@@ -31,7 +31,10 @@ def to_array(x) -> np.ndarray:
     return x
 
 
-def overlay(image, mask, colour=(255, 0, 80), alpha=0.5) -> Image.Image:
+MASK_COLOUR, MASK_ALPHA = (255, 0, 80), 0.5  # how a mask is painted over an image, here and in the widget
+
+
+def overlay(image, mask, colour=MASK_COLOUR, alpha=MASK_ALPHA) -> Image.Image:
     "The image with the mask painted over it in a translucent colour."
     img = to_array(image).astype(np.float32)
     m = np.asarray(mask, dtype=np.float32)[..., None] * alpha

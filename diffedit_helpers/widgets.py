@@ -20,12 +20,11 @@ import torch
 
 from .config import DiffEditConfig
 from .mask import blur_mask, make_mask
-from .plotting import to_array
+from .plotting import MASK_ALPHA, MASK_COLOUR, to_array
 
 MAX_BLUR = 31  # largest kernel (pixels) on the blur slider, unless a larger one is asked for
 PAD = 4  # white pixels between the three panels of the view
 MIN_VIEW = 256  # small images are scaled up (nearest neighbour) until a panel is at least this wide
-TINT, ALPHA = (255, 0, 80), 0.5  # the mask colour over the image, as in plotting.overlay
 # fast PNG: the "up" filter and run-length zlib encode 1544x512 pixels in about 15 ms
 _PNG_FLAGS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
               cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
@@ -113,8 +112,8 @@ def _canvas(image: np.ndarray, scale: int):
     if scale > 1:
         bgr = cv2.resize(bgr, (bgr.shape[1] * scale, bgr.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
     bgr = np.ascontiguousarray(bgr)
-    tint = np.array(TINT[::-1], np.float32)
-    tinted = (bgr.astype(np.float32) * (1 - ALPHA) + tint * ALPHA).round().astype(np.uint8)
+    tint = np.array(MASK_COLOUR[::-1], np.float32)
+    tinted = (bgr.astype(np.float32) * (1 - MASK_ALPHA) + tint * MASK_ALPHA).round().astype(np.uint8)
     h, w = bgr.shape[:2]
     canvas = np.full((h, 3 * w + 2 * PAD, 3), 255, np.uint8)
     canvas[:, :w] = bgr
