@@ -30,18 +30,11 @@ from .config import DiffEditConfig
 from .edit import diffedit
 from .edit import difference_map as edit_difference_map
 from .mask import make_mask
-from .shapes import COLOURS, EDIT_KINDS, Edit, Thing, make_edit, paint, random_scene, render, shape_mask
+from .shapes import BACKGROUND_COLOURS, COLOURS, EDIT_KINDS, Edit, Thing, make_edit, paint, pattern_colour, random_scene, render, shape_mask
 from .train import HELD_OUT_SEED
 
 EVAL_KINDS = ("colour", "shape", "pattern")  # the kinds the mask IoU target is stated over
 PSNR_CAP = 60.0  # dB reported when the background is untouched (zero error)
-# the backgrounds' own base colours: a background pixel is labelled "background", never a palette colour
-BACKGROUND_COLOURS = {
-    "grass": ((70, 150, 55),),
-    "sky": ((80, 140, 230), (170, 210, 250)),
-    "sand": ((225, 195, 140),),
-    "brick": ((170, 80, 60), (205, 200, 190)),
-}
 BACKGROUND_LABEL = "background"
 
 
@@ -95,11 +88,6 @@ def background_psnr(edited, source, true_mask: np.ndarray) -> float:
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255.0**2 / mse))
 
 
-def second_colour(name: str) -> str:
-    "The colour of a pattern's stripes or dots on an object of colour `name` (shapes.paint's rule)."
-    return "black" if name == "white" else "white"
-
-
 def _segment(px: np.ndarray, a: np.ndarray, b: np.ndarray):
     """Project colours px (..., 3) on the segments a -> b, (K, 3) each: the position t in [0, 1]
     along each segment and the distance to it, both (..., K)."""
@@ -119,7 +107,7 @@ def colour_labels(image, background: str, along: float = 0.5) -> np.ndarray:
     """
     names = list(COLOURS)
     main = np.array([COLOURS[n] for n in names], np.float32)  # (K, 3)
-    second = np.array([COLOURS[second_colour(n)] for n in names], np.float32)  # (K, 3)
+    second = np.array([COLOURS[pattern_colour(n)] for n in names], np.float32)  # (K, 3)
     px = np.asarray(image, dtype=np.float32)[..., :3]  # (H, W, 3)
     t, off = _segment(px, main, second)  # (H, W, K) each
     cost = off + along * t * np.linalg.norm(second - main, axis=-1)  # (H, W, K)
@@ -161,7 +149,7 @@ def pattern_share(image, thing: Thing, where: np.ndarray) -> np.ndarray:
     mean, so the mean is the pattern's share of the area even when the stripes are soft."""
     px = np.asarray(image, dtype=np.float32)[..., :3][where]  # (N, 3)
     a = np.array([COLOURS[thing.colour]], np.float32)
-    b = np.array([COLOURS[second_colour(thing.colour)]], np.float32)
+    b = np.array([COLOURS[pattern_colour(thing.colour)]], np.float32)
     return _segment(px, a, b)[0][:, 0]  # (N,)
 
 
@@ -177,7 +165,7 @@ def pattern_success(edit: Edit, image, labels) -> bool:
     inside = shape_mask(tgt, size)  # a pattern edit keeps the shape
     inner = binary_erosion(inside)
     inside = inner if inner.sum() >= 10 else inside
-    kept = inside & np.isin(labels, [tgt.colour, second_colour(tgt.colour)])
+    kept = inside & np.isin(labels, [tgt.colour, pattern_colour(tgt.colour)])
     if kept.sum() < 0.5 * inside.sum() or (inside & (labels == tgt.colour)).sum() < 0.25 * inside.sum():
         return False
     found = pattern_share(image, tgt, kept).mean()

@@ -45,6 +45,18 @@ CLASHES = {
     "brick": {"red", "brown", "orange"},
 }
 EDIT_KINDS = ("colour", "shape", "pattern", "removal")
+# each background's base colours (RGB) before its texture: grass; sky top and bottom; sand; brick and mortar
+BACKGROUND_COLOURS = {
+    "grass": ((70, 150, 55),),
+    "sky": ((80, 140, 230), (170, 210, 250)),
+    "sand": ((225, 195, 140),),
+    "brick": ((170, 80, 60), (205, 200, 190)),
+}
+
+
+def pattern_colour(colour: str) -> str:
+    "The colour of the stripes or dots on an object of `colour`: white, or black on a white object."
+    return "black" if colour == "white" else "white"
 
 
 @dataclass(frozen=True)
@@ -95,27 +107,25 @@ def background(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     "A textured background as float32 RGB in [0, 255], shape (size, size, 3)."
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
     fine = rng.normal(0, 1, (size, size)).astype(np.float32)
+    base = [np.array(c, np.float32) for c in BACKGROUND_COLOURS.get(name, ())]
     if name == "grass":
-        base = np.array([70, 150, 55], np.float32)
         blades = _noise(rng, size, size // 2)
         shade = 18 * fine + 14 * blades + 20 * _noise(rng, size, 4)
-        img = base + shade[..., None] * np.array([0.5, 1.0, 0.4], np.float32)
+        img = base[0] + shade[..., None] * np.array([0.5, 1.0, 0.4], np.float32)
     elif name == "sky":
-        top, bottom = np.array([80, 140, 230], np.float32), np.array([170, 210, 250], np.float32)
+        top, bottom = base
         img = top + (bottom - top) * y[..., None]
         clouds = np.clip(_noise(rng, size, 5) * 2 - 0.6, 0, 1)
         img = img + (250 - img) * clouds[..., None] + 3 * fine[..., None]
     elif name == "sand":
-        base = np.array([225, 195, 140], np.float32)
         waves = np.sin(2 * np.pi * (6 * y + 0.8 * _noise(rng, size, 3)))
-        img = base + (10 * waves + 9 * fine)[..., None]
+        img = base[0] + (10 * waves + 9 * fine)[..., None]
     elif name == "brick":
         rows, cols = 6, 4
         row = np.floor(y * rows)
         shifted = x * cols + 0.5 * (row % 2)
         mortar = (np.abs(y * rows - np.round(y * rows)) < 0.08) | (np.abs(shifted - np.round(shifted)) < 0.06)
-        base = np.array([170, 80, 60], np.float32) + 12 * fine[..., None]
-        img = np.where(mortar[..., None], np.array([205, 200, 190], np.float32), base)
+        img = np.where(mortar[..., None], base[1], base[0] + 12 * fine[..., None])
     else:
         raise ValueError(f"background must be one of {BACKGROUNDS}, got {name!r}")
     return np.clip(img, 0, 255).astype(np.float32)
@@ -165,7 +175,7 @@ def shape_mask(thing: Thing, size: int) -> np.ndarray:
 def paint(thing: Thing, size: int) -> np.ndarray:
     "The object's colours over the whole canvas (its mask picks them), float32 (size, size, 3)."
     colour = np.array(COLOURS[thing.colour], np.float32)
-    second = np.array(COLOURS["black" if thing.colour == "white" else "white"], np.float32)
+    second = np.array(COLOURS[pattern_colour(thing.colour)], np.float32)
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     if thing.pattern == "plain":
         use_second = np.zeros((size, size), bool)
