@@ -33,5 +33,6 @@ test-fast: setup
 bench: setup
 	$(RUN) benchmarks/quality.py --all-kinds && $(RUN) benchmarks/speed.py --notebooks && $(RUN) benchmarks/update_readme.py
 
+# training is the one job on an idle machine: both cores (PASSIVE keeps idle threads from spinning)
 train: setup
-	$(RUN) -m diffedit_helpers.train --out runs/bundled-retrained
+	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(PY) -m diffedit_helpers.train --out runs/bundled-retrained

@@ -1,13 +1,17 @@
 """Train the bundled tiny model on the shapes world, and save it in diffusers format.
 
-    OMP_NUM_THREADS=1 python -m diffedit_helpers.train --out diffedit_helpers/bundled
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m diffedit_helpers.train --out diffedit_helpers/bundled
+
+(two threads on an otherwise idle 2-core machine; on a busy one use OMP_NUM_THREADS=1.)
 
 Three stages, all on the CPU:
   1. the VAE (AutoencoderKL, scale factor 4) on rendered scenes, then its latent scaling
      factor from the latents' standard deviation;
   2. every training scene encoded once to latents (cheap UNet steps afterwards);
   3. the UNet and the CLIP text encoder together, to predict noise from (noisy latents,
-     caption), with 10% empty captions so classifier-free guidance works.
+     caption), with 10% empty captions so classifier-free guidance works, the loss weighted
+     by Min-SNR-gamma (nearly clean samples count less), and the exponential moving
+     average of the weights saved at the end.
 The architecture is Stable Diffusion's (AutoencoderKL, UNet2DConditionModel, CLIPTextModel,
 CLIP's BPE tokenizer, a DDIM scheduler), only smaller. Scenes with seeds below
 `--scenes` are training data; seeds from `HELD_OUT_SEED` on are never trained on.
@@ -148,13 +152,51 @@ def encode_all(vae, images, batch_size=256):
     return torch.cat(out)
 
 
-def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, steps, batch_size, lr, gen, t0, p_uncond=0.1):
+def min_snr_weights(abar: torch.Tensor, gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
+    """Per-sample loss weights (B,) from the noise levels abar (B,): Min-SNR-gamma weighting.
+
+    The signal-to-noise ratio is abar / (1 - abar). Nearly clean samples (SNR above gamma)
+    are easy and would dominate the gradient; their weight is capped at gamma / SNR, so
+    training time goes to the noisy levels where objects, colours and layout are decided.
+    For v-prediction the target already scales with the noise, hence SNR + 1.
+    """
+    snr = abar / (1 - abar)
+    return snr.clamp(max=gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
+
+
+class ParamEMA:
+    "An exponential moving average of a list of modules' parameters (decay warms up from 0)."
+
+    def __init__(self, modules, decay: float = 0.999):
+        self.params = [p for m in modules for p in m.parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self):
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self):
+        for p, s in zip(self.params, self.shadow):
+            p.copy_(s)
+
+
+def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, steps, batch_size, lr, gen, t0, p_uncond=0.1,
+               snr_gamma: float = 5.0, ema_decay: float = 0.999):
+    """Train the UNet and text encoder together; at the end both hold the EMA of their weights.
+
+    snr_gamma: Min-SNR-gamma loss weighting (0 turns it off); ema_decay: 0 keeps the raw weights.
+    """
     ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     empty_ids, ids = ids[-1], ids[:-1]
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     alphas = scheduler.alphas_cumprod
     unet.train(), text_encoder.train()
+    averaged = ParamEMA([unet, text_encoder], ema_decay) if ema_decay > 0 else None
     ema = None
     for step in range(steps):
         for g in opt.param_groups:
@@ -171,14 +213,21 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, step
         cond = text_encoder(tok).last_hidden_state  # (B, 77, D)
         pred = unet(xt, t, encoder_hidden_states=cond).sample
         target = noise if scheduler.config.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
-        loss = F.mse_loss(pred, target)
+        per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        if snr_gamma > 0:
+            per_sample = per_sample * min_snr_weights(alphas[t], snr_gamma, scheduler.config.prediction_type)
+        loss = per_sample.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if averaged is not None:
+            averaged.update()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % 100 == 0 or step == steps - 1:
             log(f"unet step {step:5d}/{steps} loss {ema:.4f}", t0)
+    if averaged is not None:
+        averaged.copy_to_params()
     unet.eval(), text_encoder.eval()
 
 
@@ -225,9 +274,11 @@ def main(argv=None):
     p.add_argument("--scenes", type=int, default=16000)
     p.add_argument("--vae-steps", type=int, default=1200)
     p.add_argument("--vae-batch", type=int, default=32)
-    p.add_argument("--unet-steps", type=int, default=4000)
+    p.add_argument("--unet-steps", type=int, default=5800)
     p.add_argument("--unet-batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR-gamma loss weighting; 0 turns it off")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="save the EMA of the weights; 0 saves the raw ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-from", default=None, help="reuse the VAE of this folder (skip stage 1)")
     args = p.parse_args(argv)
@@ -249,7 +300,7 @@ def main(argv=None):
     latents = raw * scaling
     log(f"encoded latents {tuple(latents.shape)}, std {raw.std().item():.3f} -> scaling factor {scaling:.4f}", t0)
     train_unet(comps["unet"], comps["text_encoder"], comps["tokenizer"], latents, captions, comps["scheduler"],
-               args.unet_steps, args.unet_batch, args.lr, gen, t0)
+               args.unet_steps, args.unet_batch, args.lr, gen, t0, snr_gamma=args.snr_gamma, ema_decay=args.ema_decay)
     save_folder(args.out, comps, scaling)
     log(f"saved to {args.out}", t0)
 

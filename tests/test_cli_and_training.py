@@ -5,12 +5,14 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffedit_helpers import load_model
 from diffedit_helpers.cli import main
 from diffedit_helpers.models import BUNDLED_PATH
 from diffedit_helpers.shapes import horse_scene, render
+from diffedit_helpers.train import ParamEMA, min_snr_weights
 from diffedit_helpers.train import main as train_main
 
 
@@ -69,6 +71,36 @@ def test_training_command_runs_a_few_steps_and_saves_a_loadable_model(tmp_path):
     assert (out / "model_index.json").exists() and list((out / "unet").glob("*.safetensors"))
     with pytest.raises(SystemExit):  # refuses to write into a non-empty folder
         train_main(["--out", str(out), "--scenes", "8"])
+
+
+def test_min_snr_weights_cap_only_the_nearly_clean_levels():
+    abar = torch.linspace(0.01, 0.99, 99)
+    snr = abar / (1 - abar)
+    w = min_snr_weights(abar, gamma=5.0)
+    noisy = snr <= 5.0
+    assert torch.equal(w[noisy], torch.ones(int(noisy.sum())))  # untouched where SNR <= gamma
+    assert torch.allclose(w[~noisy], 5.0 / snr[~noisy])  # gamma / SNR above it
+    assert (w[1:] <= w[:-1]).all() and (w > 0).all()  # cleaner samples never weigh more
+    v = min_snr_weights(abar, gamma=5.0, prediction_type="v_prediction")
+    assert torch.allclose(v, snr.clamp(max=5.0) / (snr + 1)) and (v < 1).all()
+
+
+def test_param_ema_follows_the_weights_with_its_decay():
+    net = torch.nn.Linear(3, 2)
+    ema = ParamEMA([net], decay=0.9)
+    start = [p.detach().clone() for p in net.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema.update()  # first update: decay warms up to min(0.9, 2 / 11)
+    d = 2 / 11
+    for s, p0 in zip(ema.shadow, start):
+        assert torch.allclose(s, p0 + (1 - d))
+    for _ in range(200):
+        ema.update()
+    ema.copy_to_params()  # after many updates the average reaches the constant weights
+    for p, p0 in zip(net.parameters(), start):
+        assert torch.allclose(p, p0 + 1.0, atol=1e-6)
 
 
 def test_bundled_model_is_small_and_uses_clip_tokens(bundled):
