@@ -197,7 +197,7 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, step
     alphas = scheduler.alphas_cumprod
     unet.train(), text_encoder.train()
     averaged = ParamEMA([unet, text_encoder], ema_decay) if ema_decay > 0 else None
-    ema = None
+    smooth_loss = None
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, lr)
@@ -223,9 +223,9 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, step
         opt.step()
         if averaged is not None:
             averaged.update()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        smooth_loss = loss.item() if smooth_loss is None else 0.98 * smooth_loss + 0.02 * loss.item()
         if step % 100 == 0 or step == steps - 1:
-            log(f"unet step {step:5d}/{steps} loss {ema:.4f}", t0)
+            log(f"unet step {step:5d}/{steps} loss {smooth_loss:.4f}", t0)
     if averaged is not None:
         averaged.copy_to_params()
     unet.eval(), text_encoder.eval()

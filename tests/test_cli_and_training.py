@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from diffedit_helpers import load_model
-from diffedit_helpers.cli import main
+from diffedit_helpers import DiffEditConfig, diffedit, load_model
+from diffedit_helpers.cli import DEMO_GUIDANCE, DEMO_SEED, main
+from diffedit_helpers.evaluate import edit_success
 from diffedit_helpers.models import BUNDLED_PATH
-from diffedit_helpers.shapes import horse_scene, render
+from diffedit_helpers.shapes import horse_scene, make_edit, render
 from diffedit_helpers.train import ParamEMA, min_snr_weights
 from diffedit_helpers.train import main as train_main
 
@@ -71,6 +72,16 @@ def test_training_command_runs_a_few_steps_and_saves_a_loadable_model(tmp_path):
     assert (out / "model_index.json").exists() and list((out / "unet").glob("*.safetensors"))
     with pytest.raises(SystemExit):  # refuses to write into a non-empty folder
         train_main(["--out", str(out), "--scenes", "8"])
+
+
+def test_demo_settings_turn_the_horse_into_a_zebra_that_passes_the_check(bundled):
+    # the README picture and `make demo` use these settings; after a retrain they must be chosen again
+    edit = make_edit(horse_scene(), "pattern")
+    image = render(edit.source)[0]
+    result = diffedit(bundled, image, edit.source_prompt, edit.target_prompt, DiffEditConfig(guidance=DEMO_GUIDANCE),
+                      generator=torch.Generator().manual_seed(DEMO_SEED), progress=False)
+    assert edit.target_prompt == "a zebra on grass"
+    assert edit_success(result.image, edit)
 
 
 def test_min_snr_weights_cap_only_the_nearly_clean_levels():

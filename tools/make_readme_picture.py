@@ -1,4 +1,5 @@
-"""Make images/readme_demo.png: before | mask | after, by the bundled model (guidance 12).
+"""Make images/readme_demo.png: before | mask | after, by the bundled model with the demo's settings
+(DEMO_GUIDANCE and DEMO_SEED in diffedit_helpers/cli.py).
 
     OMP_NUM_THREADS=1 python tools/make_readme_picture.py
 """
@@ -8,11 +9,11 @@ from pathlib import Path
 import torch
 
 from diffedit_helpers import DiffEditConfig, diffedit, load_model
+from diffedit_helpers.cli import DEMO_GUIDANCE, DEMO_SEED
 from diffedit_helpers.plotting import image_grid, overlay
 from diffedit_helpers.shapes import horse_scene, make_edit, random_scene, render
 
-CONFIG = DiffEditConfig(guidance=12.0)  # the tiny model's edits look best so
-SEED = 2  # the first seed whose zebra passes the held-out success check (seeds 0 and 1 leave legs as grass)
+CONFIG = DiffEditConfig(guidance=DEMO_GUIDANCE)  # the demo's settings: `make demo` repeats the top row
 OUT = Path(__file__).resolve().parents[1] / "images" / "readme_demo.png"
 
 
@@ -22,7 +23,7 @@ def main():
     edits = [make_edit(horse_scene(), "pattern"), make_edit(random_scene(1_000_003), "colour")]
     for edit in edits:
         image = render(edit.source)[0]
-        r = diffedit(model, image, edit.source_prompt, edit.target_prompt, CONFIG, generator=torch.Generator().manual_seed(SEED),
+        r = diffedit(model, image, edit.source_prompt, edit.target_prompt, CONFIG, generator=torch.Generator().manual_seed(DEMO_SEED),
                      progress=False)
         rows += [image, overlay(image, r.mask), r.image]
         titles += [edit.source_prompt, "mask", edit.target_prompt]
