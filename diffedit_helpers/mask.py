@@ -70,9 +70,12 @@ def normalise_map(raw: torch.Tensor) -> torch.Tensor:
     "Min-max to [0, 1]; a constant map (e.g. identical prompts) becomes all zeros, never NaN."
     raw = torch.nan_to_num(raw.float(), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = raw.min(), raw.max()
-    if not hi - lo > 1e-8 * max(1.0, float(hi.abs())):
+    if not hi - lo > 1e-8 * max(1.0, float(hi.abs())):  # an overflowing range (inf) counts as not constant
         return torch.zeros_like(raw)
-    return (raw - lo) / (hi - lo)
+    if not torch.isfinite(hi - lo):  # a range past float32's limit: divide first so it stays finite
+        scale = torch.maximum(hi.abs(), lo.abs())
+        raw, lo, hi = raw / scale, lo / scale, hi / scale
+    return ((raw - lo) / (hi - lo)).clamp(0, 1)
 
 
 def upsample_map(diff_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

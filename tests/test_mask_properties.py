@@ -3,13 +3,13 @@ the mask is boolean and the map's shape, a higher threshold never grows it, noth
 
 import numpy as np
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from diffedit_helpers import blur_mask, make_mask, normalise_map, upsample_map
 
-SETTINGS = settings(max_examples=60, deadline=None)
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)  # the same examples on every run: CI never flickers
 
 shapes = st.tuples(st.integers(1, 24), st.integers(1, 24))
 unit = st.floats(0.0, 1.0, allow_nan=False, width=32)
@@ -56,6 +56,7 @@ raw_maps = shapes.flatmap(lambda s: arrays(np.float32, s, elements=raw_values))
 
 @SETTINGS
 @given(raw_maps, st.tuples(st.integers(1, 48), st.integers(1, 48)), thresholds, kernels)
+@example(np.array([[3.4028235e38, -1.0141205e31]], np.float32), (1, 1), 0.0, 0)  # max - min overflows float32
 def test_any_raw_map_gives_a_finite_unit_map_and_a_boolean_mask(raw, size, threshold, blur):
     unit_map = normalise_map(torch.from_numpy(raw))
     assert torch.isfinite(unit_map).all() and unit_map.min() >= 0 and unit_map.max() <= 1
