@@ -27,8 +27,7 @@ import torch
 from scipy.ndimage import binary_erosion
 
 from .config import DiffEditConfig
-from .edit import diffedit
-from .edit import difference_map as edit_difference_map
+from .edit import diffedit, difference_map
 from .mask import make_mask
 from .shapes import BACKGROUND_COLOURS, COLOURS, EDIT_KINDS, Edit, Thing, make_edit, paint, pattern_colour, random_scene, render, shape_mask
 from .train import HELD_OUT_SEED
@@ -194,13 +193,6 @@ def edit_success(edited, edit: Edit) -> bool:
 
 
 # ----------------------------------------------------------------------------- running DiffEdit
-def difference_map(model, image, source_prompt: str, target_prompt: str, config: DiffEditConfig,
-                   generator: torch.Generator | None = None) -> np.ndarray:
-    """Step 1 of `diffedit` alone: the (H, W) float32 map in [0, 1] its mask is thresholded from.
-    With the same generator state it is the map `diffedit` computes."""
-    return edit_difference_map(model, image, source_prompt, target_prompt, config, generator)
-
-
 def evaluate(model, edits, config: DiffEditConfig | None = None, seed: int = 0, progress: bool = False) -> list[dict]:
     """Run `diffedit` on every edit (a fresh torch.Generator seeded with `seed` each) and measure it.
 

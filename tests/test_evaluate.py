@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffedit_helpers import DiffEditConfig, diffedit
+from diffedit_helpers import DiffEditConfig, diffedit, difference_map
 from diffedit_helpers.evaluate import (
     EVAL_KINDS,
     PSNR_CAP,
     background_psnr,
     colour_labels,
-    difference_map,
     edit_success,
     evaluate,
     held_out_edits,
