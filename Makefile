@@ -35,4 +35,4 @@ bench: setup
 
 # training is the one job on an idle machine: both cores (PASSIVE keeps idle threads from spinning)
 train: setup
-	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(PY) -m diffedit_helpers.train --out runs/bundled-retrained
+	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(PY) -m diffedit_helpers.world.train --out runs/bundled-retrained

@@ -18,14 +18,13 @@ import time
 import warnings
 
 import torch
+from peer import UNetRecorder, peer_edit, peer_from_components
 from PIL import Image
-
-from peer import UNetRecorder, our_stages, peer_edit, peer_from_components
 
 from diffedit_helpers import DiffEditConfig, diffedit
 from diffedit_helpers.models import BUNDLED_PATH, DiffEditModel
-from diffedit_helpers.shapes import horse_scene, render
-from diffedit_helpers.train import scheduler_config, text_config, unet_config, vae_config
+from diffedit_helpers.world.shapes import horse_scene, render
+from diffedit_helpers.world.tiny_model import scheduler_config, text_config, unet_config, vae_config
 
 # Stable Diffusion 1.5's architecture (the config.json files of its unet, vae and text_encoder folders)
 SD15_UNET = dict(
@@ -60,9 +59,8 @@ def parse_args(argv=None):
 def build(tiny: bool, device, dtype) -> DiffEditModel:
     "Random-weight components with SD 1.5's architecture (or the tiny one), built on `device` in `dtype`."
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
     from diffusers.utils import logging as dlog
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     dlog.set_verbosity_error()
     torch.manual_seed(0)
@@ -99,8 +97,9 @@ def main(argv=None) -> int:
     rec = UNetRecorder(model.unet, sync=sync)
 
     def ours(encoding):
-        with rec, our_stages(rec):
-            diffedit(model, image, src, tgt, config.replace(encoding=encoding), torch.Generator().manual_seed(0), progress=False)
+        with rec:
+            diffedit(model, image, src, tgt, config.replace(encoding=encoding), torch.Generator().manual_seed(0), progress=False,
+                     on_stage=rec.on_stage)
 
     def theirs():
         with rec:

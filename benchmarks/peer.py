@@ -7,7 +7,6 @@ the same steps, noise draws, mask noise level, start step and guidance as a Diff
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ def load_peer(folder, dtype=torch.float32, device="cpu"):
     "diffusers' StableDiffusionDiffEditPipeline from a local SD folder, no safety checker, progress bars off."
     from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
     from diffusers.utils import logging as dlog
-
     from transformers.utils import logging as tlog
 
     dlog.set_verbosity_error()
@@ -124,12 +122,13 @@ def peer_mask_at(peer_map: np.ndarray, ratio: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- counting UNet calls
 class UNetRecorder:
     """Wraps a UNet's forward (an instance attribute, removed on exit) to count calls and
-    samples per stage and time them. Set `.stage` before each stage; `keep` keeps the outputs
-    of calls made while `.stage == keep`.
+    samples per stage and time them. Set `.stage` before each stage, or pass `rec.on_stage`
+    to `diffedit(..., on_stage=...)`, which names its own stages (and then `.wall` holds the
+    wall time of each); `keep` keeps the outputs of calls made while `.stage == keep`.
 
         with UNetRecorder(unet) as rec:
-            rec.stage = "mask"; ...
-        rec.calls["mask"], rec.samples["mask"], rec.seconds["mask"]
+            diffedit(model, ..., on_stage=rec.on_stage)
+        rec.calls["mask"], rec.samples["mask"], rec.seconds["mask"], rec.wall["mask"]
     """
 
     def __init__(self, unet, keep: str | None = None, sync=None):
@@ -139,6 +138,14 @@ class UNetRecorder:
 
     def reset(self):
         self.calls, self.samples, self.seconds, self.kept, self.wall = {}, {}, {}, [], {}
+
+    def on_stage(self, stage: str, event: str):
+        "The `on_stage` hook of `diffedit`: label the UNet calls of each stage and add up its wall time."
+        if event == "start":
+            self._outer, self.stage, self._t0 = self.stage, stage, time.perf_counter()
+        else:
+            self.wall[stage] = self.wall.get(stage, 0.0) + time.perf_counter() - self._t0
+            self.stage = self._outer
 
     def __enter__(self):
         original = self.unet.forward  # the bound method
@@ -166,40 +173,3 @@ class UNetRecorder:
     @property
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
-
-
-OUR_STAGES = {
-    "encode_image": "encode", "encode_prompts": "text", "noise_difference": "mask", "ddim_invert": "encoding",
-    "noised_backgrounds": "encoding", "masked_denoise": "denoising", "decode_to_images": "decode", "composite": "composite",
-}
-
-
-@contextlib.contextmanager
-def our_stages(recorder):
-    """Label the UNet calls of `diffedit` by stage and time each stage: wraps the step functions
-    `diffedit` calls (names in diffedit_helpers.edit's namespace) for the duration, restoring
-    them afterwards. Wall time per stage accumulates in `recorder.wall`."""
-    from diffedit_helpers import edit as edit_module
-
-    originals = {n: getattr(edit_module, n) for n in OUR_STAGES}
-    if not hasattr(recorder, "wall"):
-        recorder.wall = {}
-
-    def staged(fn, stage):
-        def run(*args, **kwargs):
-            previous, recorder.stage = recorder.stage, stage
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                recorder.wall[stage] = recorder.wall.get(stage, 0.0) + time.perf_counter() - t0
-                recorder.stage = previous
-        return run
-
-    for n, stage in OUR_STAGES.items():
-        setattr(edit_module, n, staged(originals[n], stage))
-    try:
-        yield recorder
-    finally:
-        for n, fn in originals.items():
-            setattr(edit_module, n, fn)

@@ -7,7 +7,7 @@ diffusers' StableDiffusionDiffEditPipeline, on the bundled model, same settings.
 Every scene is held out (seeds from HELD_OUT_SEED on) and its true region is known. By default
 each scene gets one edit kind in turn (colour, shape, pattern, removal: a quarter each);
 --all-kinds edits every scene in every kind (four times the time). Per method: mask IoU
-against the true region, background PSNR outside it, edit success (diffedit_helpers.evaluate's
+against the true region, background PSNR outside it, edit success (diffedit_helpers.world.metrics'
 checks) and seconds per edit. Writes benchmarks/results/quality.{md,csv}, quality_iou.png
 (IoU against the mask threshold: ours re-masks its cached maps, the peer's map is rebuilt from
 the UNet output of its generate_mask call) and quality_examples.png.
@@ -24,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from peer import PEER_RATIO, UNetRecorder, load_peer, peer_edit, peer_map_from_mask_call, peer_mask_at, pixel_mask
 
-from diffedit_helpers import DiffEditConfig, diffedit, load_model
-from diffedit_helpers.evaluate import EVAL_KINDS, background_psnr, edit_success, held_out_edits, mask_iou
+from diffedit_helpers import DiffEditConfig, load_model
 from diffedit_helpers.mask import make_mask
 from diffedit_helpers.models import BUNDLED_PATH
 from diffedit_helpers.plotting import image_grid, overlay
-from diffedit_helpers.shapes import EDIT_KINDS, render
+from diffedit_helpers.world.evaluate import EVAL_KINDS, edit_row, held_out_edits, measure
+from diffedit_helpers.world.metrics import mask_iou
+from diffedit_helpers.world.shapes import EDIT_KINDS, render
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("ours (noise)", "ours (inversion)", "diffusers")
@@ -51,12 +51,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def row(method, i, edit, image, edited, mask, truth, seconds):
-    return dict(method=method, edit=i, kind=edit.kind, iou=mask_iou(mask, truth),
-                psnr=background_psnr(edited, image, truth), success=edit_success(edited, edit), seconds=seconds,
-                source_prompt=edit.source_prompt, target_prompt=edit.target_prompt)
-
-
 def run(model, pipe, edits, config, seed, log=print):
     """All methods on all edits. Returns (rows, our maps, peer maps, example pictures by edit)."""
     rows, our_maps, peer_maps, pictures, mismatches = [], [], [], {}, 0
@@ -66,10 +60,8 @@ def run(model, pipe, edits, config, seed, log=print):
         truth = edit.true_mask()
         outs = {}
         for method, encoding in (("ours (noise)", "noise"), ("ours (inversion)", "inversion")):
-            t0 = time.perf_counter()
-            r = diffedit(model, image, edit.source_prompt, edit.target_prompt, config.replace(encoding=encoding),
-                         generator=torch.Generator().manual_seed(seed), progress=False)
-            rows.append(row(method, i, edit, image, r.image, r.mask, truth, time.perf_counter() - t0))
+            row, r = edit_row(model, edit, config.replace(encoding=encoding), seed, method=method, edit=i)
+            rows.append(row)
             outs[method] = (r.image, r.mask)
         our_maps.append(r.difference_map)  # both encodings share the mask: the same generator draws it first
         with UNetRecorder(pipe.unet, keep="mask") as rec:
@@ -77,7 +69,7 @@ def run(model, pipe, edits, config, seed, log=print):
             p = peer_edit(pipe, image, edit.source_prompt, edit.target_prompt, config, torch.Generator().manual_seed(seed),
                           recorder=rec)
             seconds = time.perf_counter() - t0
-        rows.append(row("diffusers", i, edit, image, p.image, p.mask, truth, seconds))
+        rows.append(measure(edit, image, p.image, p.mask, seconds, method="diffusers", edit=i))
         outs["diffusers"] = (p.image, p.mask)
         peer_map = peer_map_from_mask_call(rec.kept[0], config.n_noise, config.guidance)
         mismatches += int(not np.array_equal(peer_mask_at(peer_map, PEER_RATIO), p.latent_mask))
@@ -205,7 +197,7 @@ def markdown(rows, edits, config, curves, seconds, args) -> str:
         "Mask IoU: the method's mask against the true region (the object before and after). Our two encodings "
         "share one mask (it is drawn first, from the same generator). Background PSNR: outside the true region; "
         "ours pastes the edit into the input pixels through its feathered mask, the peer decodes the whole image. "
-        "Edit success: `diffedit_helpers.evaluate.edit_success`. Seconds: median wall time per edit.",
+        "Edit success: `diffedit_helpers.world.metrics.edit_success`. Seconds: median wall time per edit.",
         "",
         f"Best fixed threshold on these edits: ours {best_t:.2f} (IoU {ours.max():.3f}), "
         f"the peer's ratio {best_r:.2f} (IoU {peer.max():.3f}).",

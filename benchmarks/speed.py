@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peer import UNetRecorder, load_peer, peer_edit
 from PIL import Image
 
-from peer import UNetRecorder, load_peer, our_stages, peer_edit
-
 from diffedit_helpers import DiffEditConfig, diffedit, load_model
-from diffedit_helpers.evaluate import held_out_edits
 from diffedit_helpers.models import BUNDLED_PATH
-from diffedit_helpers.shapes import render
+from diffedit_helpers.world.evaluate import edit_once, held_out_edits
+from diffedit_helpers.world.shapes import render
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,15 +53,13 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- one edit, instrumented
 def run_method(method, model, pipe, edit, config, seed, recorder):
     "One edit by `method`; its UNet calls are labelled by stage in `recorder`. Returns wall seconds."
-    image, _ = render(edit.source)
-    gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    if method == "diffusers":
-        peer_edit(pipe, image, edit.source_prompt, edit.target_prompt, config, gen, recorder=recorder)
-    else:
+    if method != "diffusers":
         cfg = config.replace(encoding="noise" if method == "ours (noise)" else "inversion")
-        with our_stages(recorder):
-            diffedit(model, image, edit.source_prompt, edit.target_prompt, cfg, generator=gen, progress=False)
+        return edit_once(model, edit, cfg, seed, on_stage=recorder.on_stage)[2]
+    image, _ = render(edit.source)
+    t0 = time.perf_counter()
+    peer_edit(pipe, image, edit.source_prompt, edit.target_prompt, config, torch.Generator().manual_seed(seed),
+              recorder=recorder)
     return time.perf_counter() - t0
 
 

@@ -7,34 +7,42 @@
     result.image, result.mask, result.difference_map
 """
 
-from .config import DiffEditConfig
-from .edit import DiffEditResult, composite, ddim_invert, diffedit, difference_map, feather_alpha, mask_maps, masked_denoise, noised_backgrounds, to_epsilon
+from .config import ConfigError, DiffEditConfig
+from .edit import (
+    STAGES,
+    DiffEditResult,
+    composite,
+    ddim_invert,
+    diffedit,
+    difference_map,
+    feather_alpha,
+    masked_denoise,
+    noised_backgrounds,
+)
 from .images import ImageInputError, fit_size, to_rgb
 from .latents import decode_latents, decode_to_images, encode_image, image_to_tensor, tensor_to_images
 from .mask import (
     blur_mask,
     fill_holes,
-    guided_noise,
     latent_mask,
     make_mask,
+    mask_maps,
     noise_difference,
     normalise_map,
-    predict_noise,
     refine_map,
     threshold_mask,
     upsample_map,
 )
 from .models import BUNDLED_PATH, DiffEditModel, ModelLoadError, load_auto, load_model
-from .noising import add_noise, make_scheduler, timestep_at
+from .noising import add_noise, guided_noise, make_scheduler, predict_noise, timestep_at, to_epsilon
 from .text import encode_prompts, tokenize
-from .widgets import mask_explorer
 
+# the mask explorer (ipywidgets) is imported where it is used: `from diffedit_helpers.widgets import mask_explorer`
 __all__ = [
-    "DiffEditConfig", "DiffEditResult", "DiffEditModel", "ImageInputError", "ModelLoadError", "BUNDLED_PATH",
-    "load_model", "load_auto", "diffedit", "encode_image", "decode_latents", "decode_to_images", "image_to_tensor",
+    "DiffEditConfig", "ConfigError", "DiffEditResult", "DiffEditModel", "ImageInputError", "ModelLoadError", "BUNDLED_PATH",
+    "STAGES", "load_model", "load_auto", "diffedit", "encode_image", "decode_latents", "decode_to_images", "image_to_tensor",
     "tensor_to_images", "encode_prompts", "tokenize", "make_scheduler", "timestep_at", "add_noise", "predict_noise",
     "guided_noise", "noise_difference", "normalise_map", "upsample_map", "threshold_mask", "blur_mask", "fill_holes",
-    "make_mask", "refine_map", "difference_map", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds", "composite", "feather_alpha", "mask_maps", "to_epsilon",
-    "to_rgb", "fit_size",
-    "mask_explorer",
+    "make_mask", "refine_map", "difference_map", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds",
+    "composite", "feather_alpha", "mask_maps", "to_epsilon", "to_rgb", "fit_size",
 ]

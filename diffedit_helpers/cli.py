@@ -1,5 +1,5 @@
 """Command line: `python -m diffedit_helpers edit IMAGE --source ... --target ... --out DIR`
-and `python -m diffedit_helpers demo`.
+and `python -m diffedit_helpers demo` (a shapes-world horse -> zebra with the bundled model).
 
 Errors are one line on stderr and a non-zero exit, never a traceback. Existing files are
 never overwritten unless --overwrite is given.
@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import DiffEditConfig
+from .config import add_config_arguments, config_from_args
 
 OUTPUT_FILES = ("mask.png", "edited.png", "overview.png")
 # the demo's settings, also those of the README picture (tools/make_readme_picture.py): guidance 12 and the
@@ -21,45 +21,14 @@ DEMO_GUIDANCE, DEMO_SEED = 12.0, 2
 
 
 def _add_edit_options(p: argparse.ArgumentParser):
-    d = DiffEditConfig()
     p.add_argument("--model", default="bundled", help="'bundled', a local diffusers SD folder, or a hub id (default: bundled)")
-    p.add_argument("--threshold", type=float, default=d.threshold, help=f"mask threshold in [0, 1] (default {d.threshold})")
-    p.add_argument("--blur", type=int, default=d.blur, help=f"odd Gaussian blur kernel in pixels, 0 = off (default {d.blur})")
-    p.add_argument("--no-fill-holes", action="store_true", help="keep holes enclosed by the mask")
-    p.add_argument("--no-refine", action="store_true", help="threshold the latent-resolution map as it is (no snapping to the image's edges)")
-    p.add_argument("--n-noise", type=int, default=d.n_noise, help=f"noise draws for the mask, >= 1 (default {d.n_noise})")
-    p.add_argument("--mask-strength", type=float, default=d.mask_strength, help=f"noise level for the mask in (0, 1] (default {d.mask_strength})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"DDIM steps, >= 1 (default {d.steps})")
-    p.add_argument("--start", type=float, default=d.edit_start, help=f"fraction of the steps skipped, in [0, 1) (default {d.edit_start})")
-    p.add_argument("--guidance", type=float, default=d.guidance, help=f"classifier-free guidance, >= 0 (default {d.guidance})")
-    p.add_argument("--encoding", choices=("noise", "inversion"), default=d.encoding, help=f"how the image is encoded (default {d.encoding})")
-    p.add_argument("--no-composite", action="store_true", help="keep the decoded image outside the mask instead of the input pixels")
+    add_config_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator (default 0)")
     p.add_argument("--fit", choices=("error", "resize", "crop"), default="error",
                    help="what to do when a side is not a multiple of the VAE scale factor (default: error)")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-# the config field each option sets, where the names differ
-FIELD_FLAGS = {"edit_start": "--start", "fill_holes": "--no-fill-holes", "composite": "--no-composite", "refine": "--no-refine"}
-
-
-def config_from_args(args) -> DiffEditConfig:
-    "The config the options ask for; a bad value is refused with the option's name first."
-    config = DiffEditConfig(
-        n_noise=args.n_noise, mask_strength=args.mask_strength, threshold=args.threshold, blur=args.blur,
-        fill_holes=not args.no_fill_holes, refine=not args.no_refine, guidance=args.guidance, steps=args.steps, edit_start=args.start,
-        encoding=args.encoding, composite=not args.no_composite,
-    )
-    try:
-        return config.validate()
-    except ValueError as e:
-        field = str(e).split(" ", 1)[0].split("=", 1)[0]
-        if field in config.to_dict():
-            raise ValueError(f"{FIELD_FLAGS.get(field, '--' + field.replace('_', '-'))}: {e}") from None
-        raise
 
 
 def check_inputs(image, source: str, target: str, out_paths: list[Path]):
@@ -139,7 +108,7 @@ def main(argv=None) -> int:
             if args.command == "edit":
                 out = run_edit(args.image, args.source, args.target, Path(args.out), args)
             else:
-                from .shapes import horse_scene, make_edit, render
+                from .world.shapes import horse_scene, make_edit, render
 
                 scene = horse_scene()
                 edit = make_edit(scene, "pattern")

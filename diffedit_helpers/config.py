@@ -1,13 +1,28 @@
-"""`DiffEditConfig`: every knob of an edit in one dataclass, checked before any model work."""
+"""`DiffEditConfig`: every knob of an edit in one dataclass, checked before any model work.
+
+A bad value raises `ConfigError` (a ValueError) whose `.field` names the setting. The command
+lines (`cli`, `world.evaluate`) share one set of options for the fields:
+`add_config_arguments(parser)`, then `config_from_args(args)`.
+Taught in notebook 00_quickstart (the settings) and 05_threshold_and_blur (the mask's).
+"""
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 ENCODINGS = ("noise", "inversion")
+
+
+class ConfigError(ValueError):
+    "A setting outside its accepted range; `.field` is its name (a config field or the argument checked)."
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -24,8 +39,9 @@ class DiffEditConfig:
         fill_holes: fill regions the mask encloses (shape edits light up a ring).
         refine: snap the map's edges to the image's edges (a guided filter with the image as
             guide) before blur and threshold; the map is computed at latent resolution.
-        refine_radius: the guided filter's window radius in latent cells (x the VAE scale
-            factor in pixels: 8 px on the bundled model, 16 px on Stable Diffusion).
+        refine_radius: the guided filter's window radius in latent cells, times the VAE scale
+            factor in pixels: 3 cells are 12 px on the bundled model (factor 4) and 24 px on
+            Stable Diffusion (factor 8).
         refine_eps: its ridge term; smaller follows the image's edges more closely.
     Edit (steps 2-3):
         guidance: classifier-free guidance scale for the denoising (<= 1 switches it off).
@@ -57,35 +73,35 @@ class DiffEditConfig:
     mask_batch_size: int = 32
 
     def validate(self) -> "DiffEditConfig":
-        "Raise ValueError naming the first bad field and its accepted range; return self."
+        "Raise ConfigError naming the first bad field and its accepted range; return self."
         _check_int("n_noise", self.n_noise, 1)
-        _check_unit("mask_strength", self.mask_strength, low_open=True)
+        _check_unit("mask_strength", self.mask_strength)
         check_threshold(self.threshold)
         self.blur = check_kernel("blur", self.blur)
         self.feather = check_kernel("feather", self.feather)
-        if not isinstance(self.refine, bool):
-            raise ValueError(f"refine must be True or False, got {self.refine!r}")
+        _check_bool("refine", self.refine)
         _check_int("refine_radius", self.refine_radius, 1)
         _check_real("refine_eps", self.refine_eps)
         if not self.refine_eps > 0:
-            raise ValueError(f"refine_eps must be > 0, got {self.refine_eps}")
+            raise ConfigError("refine_eps", f"refine_eps must be > 0, got {self.refine_eps}")
         _check_real("guidance", self.guidance)
         if self.guidance < 0:
-            raise ValueError(f"guidance must be >= 0 (values <= 1 switch classifier-free guidance off), got {self.guidance}")
+            raise ConfigError("guidance", f"guidance must be >= 0 (values <= 1 switch classifier-free guidance off), got {self.guidance}")
         _check_int("steps", self.steps, 1)
         _check_real("edit_start", self.edit_start)
         if not 0.0 <= self.edit_start < 1.0:
-            raise ValueError(f"edit_start must be in [0, 1), the fraction of the {self.steps} steps skipped; got {self.edit_start}")
+            raise ConfigError("edit_start", f"edit_start must be in [0, 1), the fraction of the {self.steps} steps skipped; got {self.edit_start}")
         if self.start_index >= self.steps:
-            raise ValueError(
+            raise ConfigError(
+                "edit_start",
                 f"edit_start={self.edit_start} starts at step {self.start_index}, at or past the last of steps={self.steps}; "
-                f"use edit_start < {(self.steps - 1) / self.steps:.3f} or more steps"
+                f"use edit_start < {(self.steps - 1) / self.steps:.3f} or more steps",
             )
         if self.encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+            raise ConfigError("encoding", f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
         _check_int("mask_batch_size", self.mask_batch_size, 1)
-        if not isinstance(self.fill_holes, bool) or not isinstance(self.composite, bool):
-            raise ValueError("fill_holes and composite must be True or False")
+        _check_bool("fill_holes", self.fill_holes)
+        _check_bool("composite", self.composite)
         return self
 
     @property
@@ -102,25 +118,31 @@ class DiffEditConfig:
 
 def _check_real(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ConfigError(name, f"{name} must be a finite number, got {value!r}")
 
 
 def _check_int(name, value, low):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise ConfigError(name, f"{name} must be an integer >= {low}, got {value!r}")
 
 
-def _check_unit(name, value, low_open=True):
+def _check_unit(name, value):
+    "A fraction in (0, 1]."
     _check_real(name, value)
     if not 0.0 < value <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {value}")
+        raise ConfigError(name, f"{name} must be in (0, 1], got {value}")
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ConfigError(name, f"{name} must be True or False, got {value!r}")
 
 
 def check_threshold(value, name: str = "threshold") -> float:
     "A mask threshold: a finite number in [0, 1]."
     _check_real(name, value)
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+        raise ConfigError(name, f"{name} must be in [0, 1], got {value}")
     return value
 
 
@@ -129,9 +151,48 @@ def check_kernel(name: str, value) -> int:
     rounded up to the next odd one with a warning; a negative one is an error."""
     _check_real(name, value)
     if value < 0 or value != int(value):
-        raise ValueError(f"{name} must be 0 (off) or an odd whole number of pixels >= 1, got {value!r}")
+        raise ConfigError(name, f"{name} must be 0 (off) or an odd whole number of pixels >= 1, got {value!r}")
     value = int(value)
     if value > 0 and value % 2 == 0:
         warnings.warn(f"{name}={value} is even; rounded up to {value + 1} (kernels must be odd)", stacklevel=3)
         value += 1
     return value
+
+
+# ----------------------------------------------------------------------------- command-line options
+# each field's option: (flag, argparse keywords); the booleans are switched off by their flag
+_D = DiffEditConfig()
+CONFIG_OPTIONS = {
+    "threshold": ("--threshold", dict(type=float, help=f"mask threshold in [0, 1] (default {_D.threshold})")),
+    "blur": ("--blur", dict(type=int, help=f"odd Gaussian blur kernel in pixels, 0 = off (default {_D.blur})")),
+    "fill_holes": ("--no-fill-holes", dict(action="store_false", help="keep holes enclosed by the mask")),
+    "refine": ("--no-refine", dict(action="store_false",
+                                   help="threshold the latent-resolution map as it is (no snapping to the image's edges)")),
+    "refine_radius": ("--refine-radius", dict(type=int, help=f"refinement window radius in latent cells, >= 1 (default {_D.refine_radius})")),
+    "n_noise": ("--n-noise", dict(type=int, help=f"noise draws for the mask, >= 1 (default {_D.n_noise})")),
+    "mask_strength": ("--mask-strength", dict(type=float, help=f"noise level for the mask in (0, 1] (default {_D.mask_strength})")),
+    "steps": ("--steps", dict(type=int, help=f"DDIM steps, >= 1 (default {_D.steps})")),
+    "edit_start": ("--start", dict(type=float, help=f"fraction of the steps skipped, in [0, 1) (default {_D.edit_start})")),
+    "guidance": ("--guidance", dict(type=float, help=f"classifier-free guidance, >= 0 (default {_D.guidance})")),
+    "encoding": ("--encoding", dict(choices=ENCODINGS, help=f"how the image is encoded (default {_D.encoding})")),
+    "composite": ("--no-composite", dict(action="store_false",
+                                         help="keep the decoded image outside the mask instead of the input pixels")),
+    "feather": ("--feather", dict(type=int, help=f"odd feather kernel of the composite in pixels, 0 = hard edge (default {_D.feather})")),
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser):
+    "Add one option per DiffEditConfig field in CONFIG_OPTIONS (dest: the field's name, default: its default)."
+    for name, (flag, kwargs) in CONFIG_OPTIONS.items():
+        parser.add_argument(flag, dest=name, default=getattr(_D, name), **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> DiffEditConfig:
+    "The validated config the options ask for; a bad value raises ConfigError with the option's flag first."
+    values = {f.name: getattr(args, f.name) for f in fields(DiffEditConfig) if f.name in CONFIG_OPTIONS}
+    try:
+        return DiffEditConfig(**values).validate()
+    except ConfigError as e:
+        if e.field not in CONFIG_OPTIONS:
+            raise
+        raise ConfigError(e.field, f"{CONFIG_OPTIONS[e.field][0]}: {e}") from None

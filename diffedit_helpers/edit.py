@@ -1,5 +1,6 @@
-"""Steps 2 and 3 of DiffEdit: encode the image to a noise level, then denoise it towards the
-target prompt inside the mask while the outside follows the original image.
+"""Steps 2 and 3 of DiffEdit, and `diffedit`, which runs all three: encode the image to a
+noise level (noised, or DDIM-inverted), then denoise it towards the target prompt inside the
+mask while the outside follows the original image. Step 1, the mask, is `mask`.
 
     diffedit(model, image, "a brown horse on grass", "a zebra on grass", config, generator)
 
@@ -7,10 +8,16 @@ At every denoising step, after the scheduler moves the latents from level t to t
 lower level t', the latents outside the mask are replaced by the original image's latents
 at that same level t' (and by the clean latents after the last step), so the background
 ends exactly where it started.
+
+`diffedit` names its stages (STAGES) for profilers, as `torch.profiler.record_function`
+ranges "diffedit/<stage>", and for an optional `on_stage(stage, event)` hook ("start" or
+"end"), which is how the benchmarks time them.
+Taught in notebooks 06_masked_denoising and 07_limits_and_extensions (inversion, compositing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 
@@ -21,11 +28,12 @@ from PIL import Image
 from .config import DiffEditConfig
 from .images import fit_size, to_rgb
 from .latents import decode_to_images, encode_image
-from .mask import (
-    blur_mask, draw_noise, guided_noise, latent_mask, make_mask, noise_difference, normalise_map, refine_map, upsample_map,
-)
-from .noising import add_noise, alpha_bar, make_scheduler
+from .mask import blur_mask, check_finite, latent_mask, make_mask, mask_maps
+from .noising import add_noise, alpha_bar, draw_noise, guided_noise, make_scheduler, to_epsilon
 from .text import check_prompt, encode_prompts
+
+# the stages of one edit, in order (encoding: inversion or noising to the start level)
+STAGES = ("encode", "text", "mask", "encoding", "denoising", "decode", "composite")
 
 
 @dataclass
@@ -40,18 +48,6 @@ class DiffEditResult:
     target_prompt: str
     config: DiffEditConfig = field(default_factory=DiffEditConfig)
     raw_map: np.ndarray | None = None  # (H, W) float32 in [0, 1]: the same before refinement
-
-
-def to_epsilon(output, latents, abar, prediction_type: str = "epsilon") -> torch.Tensor:
-    """The model output as a noise prediction, whatever the prediction type.
-    v-prediction: eps = sqrt(abar) v + sqrt(1 - abar) x_t."""
-    if prediction_type == "epsilon":
-        return output
-    if prediction_type == "v_prediction":
-        return abar.sqrt() * output + (1 - abar).sqrt() * latents
-    if prediction_type == "sample":
-        return (latents - abar.sqrt() * output) / (1 - abar).sqrt()
-    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
 @torch.no_grad()
@@ -136,6 +132,21 @@ def composite(image: Image.Image, edited: Image.Image, mask: np.ndarray, feather
     return Image.fromarray(np.clip(out.round(), 0, 255).astype(np.uint8))
 
 
+@contextlib.contextmanager
+def stage(name: str, on_stage=None):
+    """One named stage of the pipeline: a `torch.profiler.record_function("diffedit/<name>")`
+    range, and on_stage(name, "start") / on_stage(name, "end") around it when a hook is given."""
+    with torch.profiler.record_function(f"diffedit/{name}"):
+        if on_stage is None:
+            yield
+            return
+        on_stage(name, "start")
+        try:
+            yield
+        finally:
+            on_stage(name, "end")
+
+
 def checked_config(config) -> DiffEditConfig:
     "A validated copy of `config` (the defaults for None): the caller's object is never changed."
     if config is None:
@@ -174,7 +185,8 @@ def _prepare(model, image, source_prompt, target_prompt, config, fit):
 
 
 def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
-             generator: torch.Generator | None = None, callback=None, fit: str = "error", progress: bool = True):
+             generator: torch.Generator | None = None, callback=None, fit: str = "error", progress: bool = True,
+             on_stage=None):
     """Edit `image` from `source_prompt` to `target_prompt` where the two disagree.
 
     image: a path, PIL image or array (or a list of them: a batch, each with its own mask;
@@ -183,6 +195,8 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
     generator: a torch.Generator for the noise; the same seed gives the same result. In a
         batch, every image starts from the generator's state, so it gets the result it
         would get alone.
+    callback(step, timestep, latents): called after every denoising step (previews).
+    on_stage(stage, event): called with event "start" and "end" around each of STAGES.
     Returns a DiffEditResult (a list of them for a list of images).
     """
     config = checked_config(config)
@@ -199,84 +213,67 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
         for im, s, t in zip(prepared, srcs, tgts):
             if state is not None:
                 generator.set_state(state)
-            results.append(_diffedit_one(model, im, s, t, config, generator, callback, progress))
+            results.append(_diffedit_one(model, im, s, t, config, generator, callback, progress, on_stage))
         return results
     im = _prepare(model, image, source_prompt, target_prompt, config, fit)
-    return _diffedit_one(model, im, source_prompt, target_prompt, config, generator, callback, progress)
-
-
-@torch.no_grad()
-def mask_maps(model, image, x0, source_emb, target_emb, scheduler, config, generator=None):
-    """Step 1 of DiffEdit from encoded inputs: (raw_map, map), each (H, W) float32 in [0, 1].
-
-    raw_map is the normalised noise-prediction difference upsampled to the image; map is the
-    same refined with the image's edges when config.refine (else raw_map itself). The mask
-    is `make_mask(map, config.threshold, config.blur, config.fill_holes)`.
-    """
-    if torch.equal(source_emb, target_emb):  # prompts the text model cannot tell apart: no difference, by definition
-        raw = torch.zeros(x0.shape[-2:], device=x0.device)
-    else:
-        raw = noise_difference(model, x0, source_emb, target_emb, scheduler, config.n_noise, config.mask_strength,
-                               generator, config.mask_batch_size)
-    _check_finite(raw, "the difference map", model)
-    raw_map = upsample_map(normalise_map(raw), (image.height, image.width)).astype(np.float32)
-    if not config.refine or not raw_map.any():
-        return raw_map, raw_map
-    radius = config.refine_radius * model.vae_scale_factor  # latent cells -> pixels
-    return raw_map, refine_map(raw_map, image, radius, config.refine_eps)
+    return _diffedit_one(model, im, source_prompt, target_prompt, config, generator, callback, progress, on_stage)
 
 
 @torch.no_grad()
 def difference_map(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
-                   generator: torch.Generator | None = None, fit: str = "error") -> np.ndarray:
+                   generator: torch.Generator | None = None, fit: str = "error", on_stage=None) -> np.ndarray:
     """Step 1 alone: the (H, W) float32 map in [0, 1] that `diffedit` thresholds into its mask
     (with the same generator state, the same map). Checks its inputs as `diffedit` does."""
     image, config = prepare_inputs(model, image, source_prompt, target_prompt, config, fit)
     check_generator(generator)
-    x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt)
-    return mask_maps(model, image, x0, src, tgt, make_scheduler(model, config.steps), config, generator)[1]
+    x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt, on_stage)
+    with stage("mask", on_stage):
+        return mask_maps(model, image, x0, src, tgt, make_scheduler(model, config.steps), config, generator)[1]
 
 
 @torch.no_grad()
-def encode_inputs(model, image, source_prompt, target_prompt):
+def encode_inputs(model, image, source_prompt, target_prompt, on_stage=None):
     """The image latents (1, C, h, w) and the source, target and empty-prompt embeddings
     (1, L, D) each, encoded as one three-prompt batch (the same batch for every entry point,
     so their maps agree bit for bit)."""
-    x0 = encode_image(model, image)
-    emb = encode_prompts(model, [source_prompt, target_prompt, ""], names=["source_prompt", "target_prompt", ""])
+    with stage("encode", on_stage):
+        x0 = encode_image(model, image)
+    with stage("text", on_stage):
+        emb = encode_prompts(model, [source_prompt, target_prompt, ""], names=["source_prompt", "target_prompt", ""])
     return x0, emb[0:1], emb[1:2], emb[2:3]
 
 
 @torch.no_grad()
-def _diffedit_one(model, image, source_prompt, target_prompt, config, generator, callback, progress):
-    # 1. image -> latents (1, C, h, w); prompts -> embeddings (3, L, D): source, target, empty
-    x0, src, tgt, unc = encode_inputs(model, image, source_prompt, target_prompt)
+def _diffedit_one(model, image, source_prompt, target_prompt, config, generator, callback, progress, on_stage):
+    # 1. image -> latents (1, C, h, w); prompts -> embeddings (1, L, D) each: source, target, empty
+    x0, src, tgt, unc = encode_inputs(model, image, source_prompt, target_prompt, on_stage)
     scheduler = make_scheduler(model, config.steps)
     # 2. the mask: averaged noise-prediction differences, normalised, at image resolution
-    raw_map, diff_map = mask_maps(model, image, x0, src, tgt, scheduler, config, generator)
-    mask = make_mask(diff_map, config.threshold, config.blur, config.fill_holes)
+    with stage("mask", on_stage):
+        raw_map, diff_map = mask_maps(model, image, x0, src, tgt, scheduler, config, generator)
+        mask = make_mask(diff_map, config.threshold, config.blur, config.fill_holes)
+    result = dict(mask=mask, difference_map=diff_map, raw_map=raw_map, input_image=image, source_prompt=source_prompt,
+                  target_prompt=target_prompt, config=config)
     if not mask.any():  # nothing to change (e.g. identical prompts): the input, untouched
-        return DiffEditResult(image.copy(), mask, diff_map, image, source_prompt, target_prompt, config, raw_map)
+        return DiffEditResult(image=image.copy(), **result)
     m = latent_mask(mask, x0.shape[-2:], x0.device, x0.dtype)  # (1, 1, h, w)
     # 3. encode the image to the start level: noised, or DDIM-inverted with the source prompt
     k0 = config.start_index
-    if config.encoding == "inversion":
-        backgrounds = ddim_invert(model, x0, src, scheduler, k0, progress=progress)
-    else:
-        noise = draw_noise(x0.shape, generator, x0.device, x0.dtype)
-        backgrounds = noised_backgrounds(scheduler, x0, noise, k0)
+    with stage("encoding", on_stage):
+        if config.encoding == "inversion":
+            backgrounds = ddim_invert(model, x0, src, scheduler, k0, progress=progress)
+        else:
+            noise = draw_noise(x0.shape, generator, x0.device, x0.dtype)
+            backgrounds = noised_backgrounds(scheduler, x0, noise, k0)
     # 4. masked denoising towards the target prompt
-    latents = masked_denoise(model, backgrounds[k0], backgrounds, m, tgt, unc, scheduler, k0, config.guidance,
-                             callback, progress)
-    _check_finite(latents, "the edited latents", model)
-    edited = decode_to_images(model, latents)[0]
+    with stage("denoising", on_stage):
+        latents = masked_denoise(model, backgrounds[k0], backgrounds, m, tgt, unc, scheduler, k0, config.guidance,
+                                 callback, progress)
+    check_finite(latents, "the edited latents", model)
+    # 5. back to pixels, pasted into the input through the feathered mask
+    with stage("decode", on_stage):
+        edited = decode_to_images(model, latents)[0]
     if config.composite:
-        edited = composite(image, edited, mask, config.feather)
-    return DiffEditResult(edited, mask, diff_map, image, source_prompt, target_prompt, config, raw_map)
-
-
-def _check_finite(x: torch.Tensor, what: str, model):
-    "Refuse to turn NaN/inf (a half-precision overflow in the UNet) into a mask or a picture."
-    if not torch.isfinite(x).all():
-        hint = "; load the model with dtype=torch.float32" if model.dtype != torch.float32 else ""
-        raise RuntimeError(f"the UNet produced NaN or inf in {model.dtype} ({what}){hint}")
+        with stage("composite", on_stage):
+            edited = composite(image, edited, mask, config.feather)
+    return DiffEditResult(image=edited, **result)

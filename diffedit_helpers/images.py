@@ -2,6 +2,7 @@
 
 Every conversion that changes the picture is said in a warning; a size that does not fit the
 model is an error unless the caller asks to resize or crop (`fit=`).
+Used from notebook 00_quickstart on (`to_rgb`), and by `diffedit` on every input.
 """
 
 from __future__ import annotations

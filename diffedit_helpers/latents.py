@@ -3,6 +3,7 @@
 A (B, 3, H, W) image in [-1, 1] becomes (B, C, H/f, W/f) latents, f the VAE scale factor
 (2 ** (down blocks - 1): 8 for Stable Diffusion, 4 for the bundled model), multiplied by the
 VAE's `scaling_factor` so that the latents have roughly unit variance, as the UNet was trained.
+Taught in notebook 01_latents.
 """
 
 from __future__ import annotations

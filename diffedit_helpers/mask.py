@@ -1,10 +1,14 @@
-"""Step 1 of DiffEdit: where do the two prompts disagree? The mask.
+"""Step 1 of DiffEdit, all of it: where do the two prompts disagree? The mask.
 
 Noise the image latents n times (independent draws) to the mask strength, ask the UNet for
 its noise prediction under the source prompt and under the target prompt, and average
-|eps_target - eps_source| over the draws and the latent channels. Where the prompts agree
-(the background) the predictions match; where the image must change they differ. The map is
-normalised to [0, 1], upsampled to the image, blurred, thresholded and its holes filled.
+|eps_target - eps_source| over the draws and the latent channels (`noise_difference`). Where
+the prompts agree (the background) the predictions match; where the image must change they
+differ. The map is normalised to [0, 1] (`normalise_map`), upsampled to the image
+(`upsample_map`), optionally refined onto the image's edges (`refine_map`), then blurred,
+thresholded and its holes filled (`make_mask`); `mask_maps` runs the whole chain from encoded
+inputs, and `latent_mask` carries the mask back to the latent grid for steps 2 and 3 (`edit`).
+Taught in notebooks 04_noise_to_mask and 05_threshold_and_blur.
 
 Classifier-free guidance does not change the map: with a shared unconditional prediction u,
     (u + g (c_t - u)) - (u + g (c_s - u)) = g (c_t - c_s),
@@ -18,31 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import check_kernel, check_threshold
-from .noising import add_noise, timestep_at
-
-
-@torch.no_grad()
-def predict_noise(model, latents: torch.Tensor, timestep, embeddings: torch.Tensor) -> torch.Tensor:
-    """One UNet call: latents (B, C, h, w) at `timestep`, text embeddings (B, L, D) ->
-    the model output (B, C, h, w): noise for epsilon models, velocity for v-prediction."""
-    t = torch.as_tensor(timestep, device=latents.device)
-    return model.unet(latents, t, encoder_hidden_states=embeddings).sample
-
-
-def guided_noise(model, latents, timestep, cond, uncond, guidance: float) -> torch.Tensor:
-    """Classifier-free guidance: u + g (c - u), both predictions in one batched call.
-    guidance <= 1 switches it off (the conditional prediction alone, no unconditional pass)."""
-    if guidance <= 1:
-        return predict_noise(model, latents, timestep, cond)
-    both = predict_noise(model, torch.cat([latents, latents]), timestep, torch.cat([uncond, cond]))  # (2B, C, h, w)
-    u, c = both.chunk(2)
-    return u + guidance * (c - u)
-
-
-def draw_noise(shape, generator, device, dtype) -> torch.Tensor:
-    "Gaussian noise drawn from `generator` on its own device, then moved: the same seed gives the same noise on any device."
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device=device, dtype=dtype)
+from .noising import add_noise, draw_noise, predict_noise, timestep_at
 
 
 @torch.no_grad()
@@ -155,3 +135,31 @@ def latent_mask(mask: np.ndarray, latent_size: tuple[int, int], device=None, dty
     pixels is in the mask, so the edit covers the whole object."""
     m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
     return F.adaptive_max_pool2d(m, latent_size).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def mask_maps(model, image, x0, source_emb, target_emb, scheduler, config, generator=None) -> tuple[np.ndarray, np.ndarray]:
+    """Step 1 of DiffEdit from encoded inputs: (raw_map, map), each (H, W) float32 in [0, 1].
+
+    raw_map is the normalised noise-prediction difference upsampled to the image; map is the
+    same refined with the image's edges when config.refine (else raw_map itself). The mask
+    is `make_mask(map, config.threshold, config.blur, config.fill_holes)`.
+    """
+    if torch.equal(source_emb, target_emb):  # prompts the text model cannot tell apart: no difference, by definition
+        raw = torch.zeros(x0.shape[-2:], device=x0.device)
+    else:
+        raw = noise_difference(model, x0, source_emb, target_emb, scheduler, config.n_noise, config.mask_strength,
+                               generator, config.mask_batch_size)
+    check_finite(raw, "the difference map", model)
+    raw_map = upsample_map(normalise_map(raw), (image.height, image.width)).astype(np.float32)
+    if not config.refine or not raw_map.any():
+        return raw_map, raw_map
+    radius = config.refine_radius * model.vae_scale_factor  # latent cells -> pixels
+    return raw_map, refine_map(raw_map, image, radius, config.refine_eps)
+
+
+def check_finite(x: torch.Tensor, what: str, model):
+    "Refuse to turn NaN/inf (a half-precision overflow in the UNet) into a mask or a picture."
+    if not torch.isfinite(x).all():
+        hint = "; load the model with dtype=torch.float32" if model.dtype != torch.float32 else ""
+        raise RuntimeError(f"the UNet produced NaN or inf in {model.dtype} ({what}){hint}")

@@ -1,4 +1,5 @@
 """Loading the four components DiffEdit needs: VAE, tokenizer, text encoder, UNet (+ scheduler).
+Taught in notebook 00_quickstart (and used by every notebook through `load_auto`).
 
 `load_model("bundled")` gives the tiny model that ships inside this package (trained on the
 shapes world); `load_model("/path/to/sd-folder")` any local Stable Diffusion 1.x/2.x folder in
@@ -118,17 +119,17 @@ def load_model(name_or_path: str | os.PathLike = "bundled", device=None, dtype=N
     local = name == "bundled" or not _looks_like_hub_id(name)
     if local:
         _check_folder(path)
-        source, kw = str(path), {}
+        source = str(path)
     else:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
             raise ModelLoadError(
                 f"{name!r} is not a local folder and looks like a hub id, but HF_HUB_OFFLINE is set: "
                 f"download it elsewhere and pass its local folder"
             )
-        source, kw = name, {}
+        source = name
     try:
         with _quiet_loading():
-            vae, unet, text_encoder, tokenizer = _load_components(source, dtype, kw)
+            vae, unet, text_encoder, tokenizer = _load_components(source, dtype)
         scheduler_config = _read_scheduler_config(source, local)
     except ModelLoadError:
         raise
@@ -145,14 +146,14 @@ def load_model(name_or_path: str | os.PathLike = "bundled", device=None, dtype=N
     return model
 
 
-def _load_components(source, dtype, kw):
+def _load_components(source, dtype):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kw)
-    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **kw)
-    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **kw)
-    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype)
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
     return vae, unet, text_encoder, tokenizer
 
 
@@ -196,10 +197,18 @@ def auto_model_name() -> str:
     return DEFAULT_SD_ID if torch.cuda.is_available() else "bundled"
 
 
+def auto_device_dtype(name: str) -> tuple[torch.device, torch.dtype]:
+    """Where and how a notebook runs `name`: on the GPU when torch sees one, else the CPU; in
+    float16 on the GPU (Stable Diffusion's usual choice), float32 on the CPU and for the bundled
+    model (too small to gain from half precision)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    half = device.type != "cpu" and name != "bundled"
+    return device, torch.float16 if half else torch.float32
+
+
 def load_auto(name: str = "auto") -> DiffEditModel:
-    '''Load `name`, resolving "auto": SD in fp16 on CUDA when available, else the bundled model on CPU.'''
+    '''Load `name`, resolving "auto" (`auto_model_name`), on the device and in the dtype `auto_device_dtype` picks.'''
     if name == "auto":
         name = auto_model_name()
-    if torch.cuda.is_available() and name != "bundled":
-        return load_model(name, device="cuda", dtype=torch.float16)
-    return load_model(name, device="cuda" if torch.cuda.is_available() else None)
+    device, dtype = auto_device_dtype(name)
+    return load_model(name, device=device, dtype=dtype)

@@ -1,10 +1,13 @@
-"""The DDIM noise schedule: which timesteps a run visits and how an image is noised to one.
+"""Noise and the UNet: the DDIM schedule, noising an image to a level, and asking the UNet
+what noise it sees. Every later step (the mask, inversion, the edit) is built from these.
 
 With T training steps and `steps` inference steps, DDIM visits every (T // steps)-th
 timestep from the noisiest down ("leading" spacing, plus the config's offset): for SD's
 settings and 50 steps, 981, 961, ..., 1. Noising clean latents x0 to timestep t is
     x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise,
-abar_t the cumulative product of (1 - beta) up to t.
+abar_t the cumulative product of (1 - beta) up to t. The UNet predicts that noise (or, for
+v-prediction models, a velocity that `to_epsilon` turns back into noise).
+Taught in notebook 03_noising; the UNet calls in 04_noise_to_mask.
 """
 
 from __future__ import annotations
@@ -41,3 +44,39 @@ def alpha_bar(scheduler, timestep) -> torch.Tensor:
     "abar_t as a float32 scalar tensor; timestep -1 (before the first step) is 1 (clean)."
     t = int(timestep)
     return scheduler.alphas_cumprod[t].float() if t >= 0 else torch.tensor(1.0)
+
+
+@torch.no_grad()
+def predict_noise(model, latents: torch.Tensor, timestep, embeddings: torch.Tensor) -> torch.Tensor:
+    """One UNet call: latents (B, C, h, w) at `timestep`, text embeddings (B, L, D) ->
+    the model output (B, C, h, w): noise for epsilon models, velocity for v-prediction."""
+    t = torch.as_tensor(timestep, device=latents.device)
+    return model.unet(latents, t, encoder_hidden_states=embeddings).sample
+
+
+def guided_noise(model, latents, timestep, cond, uncond, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: u + g (c - u), both predictions in one batched call.
+    guidance <= 1 switches it off (the conditional prediction alone, no unconditional pass)."""
+    if guidance <= 1:
+        return predict_noise(model, latents, timestep, cond)
+    both = predict_noise(model, torch.cat([latents, latents]), timestep, torch.cat([uncond, cond]))  # (2B, C, h, w)
+    u, c = both.chunk(2)
+    return u + guidance * (c - u)
+
+
+def draw_noise(shape, generator, device, dtype) -> torch.Tensor:
+    "Gaussian noise drawn from `generator` on its own device, then moved: the same seed gives the same noise on any device."
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def to_epsilon(output, latents, abar, prediction_type: str = "epsilon") -> torch.Tensor:
+    """The model output as a noise prediction, whatever the prediction type.
+    v-prediction: eps = sqrt(abar) v + sqrt(1 - abar) x_t."""
+    if prediction_type == "epsilon":
+        return output
+    if prediction_type == "v_prediction":
+        return abar.sqrt() * output + (1 - abar).sqrt() * latents
+    if prediction_type == "sample":
+        return (latents - abar.sqrt() * output) / (1 - abar).sqrt()
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")

@@ -1,4 +1,7 @@
-"""Pictures: grids of images, maps and masks, with titles. Takes PIL images, tensors or arrays."""
+"""Pictures: grids of images, maps and masks, with titles. Takes PIL images, tensors or arrays.
+
+Used by every notebook; `overview` is the CLI's input | map | mask | edit picture.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Prompts -> CLIP token ids -> text embeddings (the conditioning the UNet attends to)."""
+"""Prompts -> CLIP token ids -> text embeddings (the conditioning the UNet attends to).
+
+Taught in notebook 02_text_embeddings.
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ The rule it shows is the one `diffedit` uses (`diffedit_helpers.mask.make_mask`)
 
 The widget is thin: the difference map is computed once, before it. A control only re-blurs
 (once per blur value, then cached), re-thresholds, fills holes and redraws. It never runs a model.
+Taught in notebook 05_threshold_and_blur. Not imported by `import diffedit_helpers` (it needs ipywidgets).
 """
 
 from __future__ import annotations

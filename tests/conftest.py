@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffedit_helpers.models import DiffEditModel, load_model
-from diffedit_helpers.train import build_components
+from diffedit_helpers.world.tiny_model import build_components
 
 
 def tiny_model_from_components(prediction_type="epsilon", seed=0) -> DiffEditModel:

@@ -409,7 +409,7 @@ def test_a_float16_vae_overflow_is_decoded_again_in_float32():
     from diffusers import AutoencoderKL
 
     from diffedit_helpers.models import DiffEditModel
-    from diffedit_helpers.train import vae_config
+    from diffedit_helpers.world.tiny_model import vae_config
 
     torch.manual_seed(0)
     vae32 = AutoencoderKL(**vae_config()).eval()

@@ -17,7 +17,6 @@ from peer import (  # noqa: E402
     PEER_RATIO,
     UNetRecorder,
     inpaint_strength,
-    our_stages,
     peer_edit,
     peer_from_components,
     peer_map_from_mask_call,
@@ -27,7 +26,8 @@ from peer import (  # noqa: E402
 
 from diffedit_helpers import DiffEditConfig, diffedit  # noqa: E402
 from diffedit_helpers import edit as edit_module  # noqa: E402
-from diffedit_helpers.shapes import horse_scene, render  # noqa: E402
+from diffedit_helpers import mask as mask_module  # noqa: E402
+from diffedit_helpers.world.shapes import horse_scene, render  # noqa: E402
 
 CFG = DiffEditConfig(steps=8, n_noise=3, threshold=0.2, blur=0, edit_start=0.25)
 SRC, TGT = "a brown horse on grass", "a zebra on grass"
@@ -45,11 +45,12 @@ def peer(tiny_model):
 
 
 def test_recorder_counts_our_calls_by_stage_and_restores_everything(tiny_model, image):
-    originals = {n: getattr(edit_module, n) for n in ("noise_difference", "masked_denoise", "ddim_invert")}
+    homes = {"noise_difference": mask_module, "masked_denoise": edit_module, "ddim_invert": edit_module}
+    originals = {n: getattr(module, n) for n, module in homes.items()}
     for encoding in ("noise", "inversion"):
-        with UNetRecorder(tiny_model.unet) as rec, our_stages(rec):
+        with UNetRecorder(tiny_model.unet) as rec:  # the stages come from diffedit itself: nothing is patched
             r = diffedit(tiny_model, image, SRC, TGT, CFG.replace(encoding=encoding), torch.Generator().manual_seed(0),
-                         progress=False)
+                         progress=False, on_stage=rec.on_stage)
         assert r.mask.any()  # otherwise the edit returns early and there is no denoising to count
         steps = CFG.steps - CFG.start_index
         assert rec.calls["mask"] == 1 and rec.samples["mask"] == 2 * CFG.n_noise
@@ -57,7 +58,7 @@ def test_recorder_counts_our_calls_by_stage_and_restores_everything(tiny_model, 
         assert rec.calls.get("encoding", 0) == (steps if encoding == "inversion" else 0)
         assert set(rec.wall) >= {"mask", "denoising", "encode", "decode"}
     assert "forward" not in vars(tiny_model.unet)  # the wrapper is gone
-    assert all(getattr(edit_module, n) is f for n, f in originals.items())
+    assert all(getattr(homes[n], n) is f for n, f in originals.items())
 
 
 def test_peer_runs_our_steps_and_its_mask_is_rebuilt_exactly(tiny_model, peer, image):

@@ -10,11 +10,11 @@ from PIL import Image
 
 from diffedit_helpers import DiffEditConfig, diffedit, load_model
 from diffedit_helpers.cli import DEMO_GUIDANCE, DEMO_SEED, main
-from diffedit_helpers.evaluate import edit_success
 from diffedit_helpers.models import BUNDLED_PATH
-from diffedit_helpers.shapes import horse_scene, make_edit, render
-from diffedit_helpers.train import ParamEMA, min_snr_weights
-from diffedit_helpers.train import main as train_main
+from diffedit_helpers.world.metrics import edit_success
+from diffedit_helpers.world.shapes import horse_scene, make_edit, render
+from diffedit_helpers.world.train import ParamEMA, min_snr_weights
+from diffedit_helpers.world.train import main as train_main
 
 
 @pytest.fixture

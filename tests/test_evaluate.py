@@ -7,22 +7,10 @@ import pytest
 import torch
 
 from diffedit_helpers import DiffEditConfig, diffedit, difference_map
-from diffedit_helpers.evaluate import (
-    EVAL_KINDS,
-    PSNR_CAP,
-    background_psnr,
-    colour_labels,
-    edit_success,
-    evaluate,
-    held_out_edits,
-    main,
-    mask_iou,
-    summarise,
-    sweep,
-)
 from diffedit_helpers.mask import make_mask
-from diffedit_helpers.shapes import COLOURS, EDIT_KINDS, random_scene, render
-from diffedit_helpers.train import HELD_OUT_SEED
+from diffedit_helpers.world.evaluate import EVAL_KINDS, evaluate, held_out_edits, main, summarise, sweep
+from diffedit_helpers.world.metrics import PSNR_CAP, background_psnr, colour_labels, edit_success, mask_iou
+from diffedit_helpers.world.shapes import COLOURS, EDIT_KINDS, HELD_OUT_SEED, random_scene, render
 
 FAST = DiffEditConfig(steps=6, n_noise=3, threshold=0.3, blur=3)
 
@@ -43,7 +31,7 @@ def test_held_out_edits_are_deterministic_held_out_and_complete():
 
 def test_held_out_edits_skip_empty_scenes_and_cycle():
     start = next(s for s in range(HELD_OUT_SEED, HELD_OUT_SEED + 1000) if not random_scene(s).things)
-    edits = held_out_edits(3, ("colour",), start=start)
+    edits = held_out_edits(3, ("colour",), first_seed=start)
     assert len(edits) == 3 and all(e.source.things for e in edits)
     cycled = held_out_edits(8, EDIT_KINDS, cycle=True)
     assert [e.kind for e in cycled] == list(EDIT_KINDS) * 2

@@ -26,9 +26,9 @@ from diffedit_helpers import (
     to_epsilon,
     tokenize,
 )
-from diffedit_helpers.mask import draw_noise
-from diffedit_helpers.noising import alpha_bar
-from diffedit_helpers.shapes import horse_scene, random_scene, render
+from diffedit_helpers.edit import encode_inputs
+from diffedit_helpers.noising import alpha_bar, draw_noise
+from diffedit_helpers.world.shapes import horse_scene, random_scene, render
 
 FAST = DiffEditConfig(steps=8, n_noise=4, threshold=0.3, blur=3)
 
@@ -39,9 +39,8 @@ def scene_image():
 
 
 def _x0_and_prompts(model, image, src="a brown horse on grass", tgt="a zebra on grass"):
-    x0 = encode_image(model, image)
-    emb = encode_prompts(model, [src, tgt, ""])
-    return x0, emb[0:1], emb[1:2], emb[2:3]
+    "The image latents and the source, target and empty embeddings, encoded as diffedit encodes them."
+    return encode_inputs(model, image, src, tgt)
 
 
 # ----------------------------------------------------------------------------- shapes and dtypes

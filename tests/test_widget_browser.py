@@ -51,7 +51,7 @@ diff_map = ((np.minimum(np.floor(np.clip(1 - r / 32, 0, 1) * 20), 19) + 0.5) / 2
 image = Image.fromarray(np.stack([xx * 4, yy * 4, np.full_like(xx, 128)], axis=-1).astype(np.uint8))
 """
 EXPLORER_CELL = f"""\
-from diffedit_helpers import mask_explorer
+from diffedit_helpers.widgets import mask_explorer
 
 explorer = mask_explorer(image, diff_map, threshold={START}, blur=0, fill_holes=False)
 explorer
@@ -169,7 +169,7 @@ def lab(browser_available, tmp_path):
 def expected_views() -> dict[float, tuple[bytes, str]]:
     """The view's PNG and area label for the start and the end threshold, computed here from the
     notebook's own cell."""
-    from diffedit_helpers import mask_explorer
+    from diffedit_helpers.widgets import mask_explorer
 
     cell: dict = {}
     exec(MAP_CELL, cell)

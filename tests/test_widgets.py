@@ -10,10 +10,10 @@ import traitlets
 from PIL import Image
 
 import diffedit_helpers.widgets as widgets_module
-from diffedit_helpers import DiffEditConfig, mask_explorer
+from diffedit_helpers import DiffEditConfig
 from diffedit_helpers.mask import make_mask
 from diffedit_helpers.plotting import overlay
-from diffedit_helpers.widgets import PAD, MaskExplorer
+from diffedit_helpers.widgets import PAD, MaskExplorer, mask_explorer
 
 H, W = 48, 64
 

@@ -1,6 +1,6 @@
 """Write the pictures in images/ that the notebooks use.
 
-Shapes-world scenes (64 x 64, for the bundled model) come from `diffedit_helpers.shapes` and are
+Shapes-world scenes (64 x 64, for the bundled model) come from `diffedit_helpers.world.shapes` and are
 the same on every run. The photos (512 x 512, for Stable Diffusion) are cut from the sample data
 that ships inside the scikit-image wheel; only pictures released to the public domain or under
 CC0 are taken (see images/README.md for each one's author and licence).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from diffedit_helpers.shapes import horse_scene, random_scene, render
+from diffedit_helpers.world.shapes import horse_scene, random_scene, render
 
 OUT = Path(__file__).resolve().parent.parent / "images"
 PHOTO_SIZE = 512

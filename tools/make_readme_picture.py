@@ -11,7 +11,7 @@ import torch
 from diffedit_helpers import DiffEditConfig, diffedit, load_model
 from diffedit_helpers.cli import DEMO_GUIDANCE, DEMO_SEED
 from diffedit_helpers.plotting import image_grid, overlay
-from diffedit_helpers.shapes import horse_scene, make_edit, random_scene, render
+from diffedit_helpers.world.shapes import HELD_OUT_SEED, horse_scene, make_edit, random_scene, render
 
 CONFIG = DiffEditConfig(guidance=DEMO_GUIDANCE)  # the demo's settings: `make demo` repeats the top row
 OUT = Path(__file__).resolve().parents[1] / "images" / "readme_demo.png"
@@ -20,7 +20,7 @@ OUT = Path(__file__).resolve().parents[1] / "images" / "readme_demo.png"
 def main():
     model = load_model("bundled")
     rows, titles = [], []
-    edits = [make_edit(horse_scene(), "pattern"), make_edit(random_scene(1_000_003), "colour")]
+    edits = [make_edit(horse_scene(), "pattern"), make_edit(random_scene(HELD_OUT_SEED + 3), "colour")]
     for edit in edits:
         image = render(edit.source)[0]
         r = diffedit(model, image, edit.source_prompt, edit.target_prompt, CONFIG, generator=torch.Generator().manual_seed(DEMO_SEED),

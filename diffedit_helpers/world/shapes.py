@@ -10,17 +10,21 @@ Everything is deterministic from a seed: `random_scene(seed)` gives a `Scene`, `
 gives `(image, masks)` with one exact boolean mask per object, and `scene.caption` is the
 text the bundled model was trained on. `make_edit(scene, kind)` turns a scene into an edit
 (source prompt, target prompt, the target scene and the true region that must change).
+Seeds from `HELD_OUT_SEED` on are the held-out split: training never renders them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 64
+# scenes with seeds from here on are never trained on: the held-out split every evaluation uses
+HELD_OUT_SEED = 1_000_000
+# salts that give each use of a seed its own random stream (a scene, the demo horse, an edit)
+SCENE_SALT, HORSE_SALT, EDIT_SALT = 7, 11, 13
 
 BACKGROUNDS = ("grass", "sky", "sand", "brick")
 SHAPES = ("circle", "square", "triangle", "diamond", "horse")
@@ -224,7 +228,7 @@ def _random_thing(rng, bg, size, lo, hi, avoid=None):
 
 def random_scene(seed: int, size: int = IMAGE_SIZE, p_two: float = 0.25, p_empty: float = 0.05) -> Scene:
     "A random scene, the same for the same seed: one object (sometimes two, sometimes none)."
-    rng = np.random.default_rng([seed, 7])
+    rng = np.random.default_rng([seed, SCENE_SALT])
     bg = str(rng.choice(BACKGROUNDS))
     k = rng.random()
     if k < p_empty:
@@ -240,7 +244,7 @@ def random_scene(seed: int, size: int = IMAGE_SIZE, p_two: float = 0.25, p_empty
 
 def horse_scene(seed: int = 0, size: int = IMAGE_SIZE, colour: str = "brown") -> Scene:
     "The demo scene: one large plain horse on grass."
-    rng = np.random.default_rng([seed, 11])
+    rng = np.random.default_rng([seed, HORSE_SALT])
     s = 0.62 * size
     c = size / 2 + rng.uniform(-0.06, 0.06, 2) * size
     return Scene("grass", (Thing("horse", colour, "plain", float(c[0]), float(c[1]), float(s)),), int(rng.integers(2**31)), size)
@@ -283,7 +287,7 @@ def make_edit(scene: Scene, kind: str, seed: int = 0, index: int = 0) -> Edit:
         raise ValueError(f"kind must be one of {EDIT_KINDS}, got {kind!r}")
     if not scene.things:
         raise ValueError("the scene has no object to edit")
-    rng = np.random.default_rng([seed, 13])
+    rng = np.random.default_rng([seed, EDIT_SALT])
     thing = scene.things[index]
     if kind == "colour":
         new = replace(thing, colour=_colour_for(rng, scene.background, exclude={thing.colour}))
@@ -300,7 +304,3 @@ def make_edit(scene: Scene, kind: str, seed: int = 0, index: int = 0) -> Edit:
         new = replace(new, colour=_colour_for(rng, scene.background))
     things = tuple(new if i == index else t for i, t in enumerate(scene.things))
     return Edit(kind, scene, replace(scene, things=things), index)
-
-
-def scene_to_dict(scene: Scene) -> dict:
-    return dataclasses.asdict(scene)

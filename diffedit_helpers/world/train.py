@@ -1,6 +1,6 @@
 """Train the bundled tiny model on the shapes world, and save it in diffusers format.
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m diffedit_helpers.train --out diffedit_helpers/bundled
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m diffedit_helpers.world.train --out diffedit_helpers/bundled
 
 (two threads on an otherwise idle 2-core machine; on a busy one use OMP_NUM_THREADS=1.)
 
@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -31,63 +33,25 @@ import torch
 import torch.nn.functional as F
 
 from .shapes import random_scene, render
+from .tiny_model import TOKENIZER_SOURCE, build_components
 
-HELD_OUT_SEED = 1_000_000
-TOKENIZER_SOURCE = Path(__file__).parent / "bundled" / "tokenizer"
+PIXEL_RANGE = 2.0  # pixels are trained in [-1, 1]: PSNR's peak is that range, 2 (peak squared 4)
+L1_WEIGHT = 0.5  # the VAE's reconstruction loss: MSE + L1_WEIGHT * L1 (L1 keeps edges sharper)
+LOSS_SMOOTHING = 0.98  # the logged UNet loss is an exponential average with this decay
+LOG_EVERY = 100  # steps between log lines
 
-
-# ----------------------------------------------------------------------------- configs
-def vae_config():
-    return dict(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        sample_size=64,
-    )
+logger = logging.getLogger(__name__)
 
 
-def unet_config(cross_attention_dim=64, sample_size=16):
-    return dict(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64, 128), norm_num_groups=16,
-        # attention only at the two coarser levels (8x8, 4x4): full-resolution attention
-        # costs twice the time per step on a CPU
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=8,
-    )
+class ElapsedFormatter(logging.Formatter):
+    "Log lines stamped with the seconds since training started: [  12.3s] message."
 
+    def __init__(self):
+        super().__init__()
+        self.start = time.time()
 
-def text_config():
-    return dict(
-        vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=64,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    )
-
-
-def scheduler_config(prediction_type="epsilon"):
-    "Stable Diffusion 1.x's DDIM settings."
-    return dict(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
-        timestep_spacing="leading",
-    )
-
-
-def build_components(tokenizer_dir=TOKENIZER_SOURCE, seed=0, prediction_type="epsilon"):
-    "Randomly initialised components of the tiny architecture (also what the tests use)."
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(**vae_config())
-    tcfg = text_config()
-    text_encoder = CLIPTextModel(CLIPTextConfig(**tcfg))
-    unet = UNet2DConditionModel(**unet_config(cross_attention_dim=tcfg["hidden_size"]))
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=tcfg["max_position_embeddings"])
-    scheduler = DDIMScheduler(**scheduler_config(prediction_type))
-    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+    def format(self, record):
+        return f"[{record.created - self.start:7.1f}s] {record.getMessage()}"
 
 
 # ----------------------------------------------------------------------------- data
@@ -112,10 +76,6 @@ def cosine_lr(step, total, base, warmup=100):
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def log(msg, t0):
-    print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
-
-
 # ----------------------------------------------------------------------------- stages
 def random_crops(batch_uint8, crop, gen):
     "The same-size random crop of each image: the VAE is convolutional, so crops train it 4x cheaper."
@@ -124,7 +84,7 @@ def random_crops(batch_uint8, crop, gen):
     return batch_uint8[:, y : y + crop, x : x + crop]
 
 
-def train_vae(vae, images, steps, batch_size, lr, gen, t0, kl_weight=1e-6, crop=32):
+def train_vae(vae, images, steps, batch_size, lr, gen, kl_weight=1e-6, crop=32):
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train()
     for step in range(steps):
@@ -135,13 +95,13 @@ def train_vae(vae, images, steps, batch_size, lr, gen, t0, kl_weight=1e-6, crop=
         posterior = vae.encode(x).latent_dist
         z = posterior.sample(generator=gen)
         recon = vae.decode(z).sample
-        loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+        loss = F.mse_loss(recon, x) + L1_WEIGHT * F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % 100 == 0 or step == steps - 1:
-            psnr = 10 * math.log10(4 / F.mse_loss(recon, x).item())
-            log(f"vae step {step:5d}/{steps} loss {loss.item():.4f} psnr {psnr:.1f} dB", t0)
+        if step % LOG_EVERY == 0 or step == steps - 1:
+            psnr = 10 * math.log10(PIXEL_RANGE**2 / F.mse_loss(recon, x).item())
+            logger.info(f"vae step {step:5d}/{steps} loss {loss.item():.4f} psnr {psnr:.1f} dB")
     vae.eval()
 
 
@@ -184,7 +144,7 @@ class ParamEMA:
             p.copy_(s)
 
 
-def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, steps, batch_size, lr, gen, t0, p_uncond=0.1,
+def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, steps, batch_size, lr, gen, p_uncond=0.1,
                snr_gamma: float = 5.0, ema_decay: float = 0.999):
     """Train the UNet and text encoder together; at the end both hold the EMA of their weights.
 
@@ -223,9 +183,9 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, step
         opt.step()
         if averaged is not None:
             averaged.update()
-        smooth_loss = loss.item() if smooth_loss is None else 0.98 * smooth_loss + 0.02 * loss.item()
-        if step % 100 == 0 or step == steps - 1:
-            log(f"unet step {step:5d}/{steps} loss {smooth_loss:.4f}", t0)
+        smooth_loss = loss.item() if smooth_loss is None else LOSS_SMOOTHING * smooth_loss + (1 - LOSS_SMOOTHING) * loss.item()
+        if step % LOG_EVERY == 0 or step == steps - 1:
+            logger.info(f"unet step {step:5d}/{steps} loss {smooth_loss:.4f}")
     if averaged is not None:
         averaged.copy_to_params()
     unet.eval(), text_encoder.eval()
@@ -233,6 +193,8 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, step
 
 def save_folder(out, comps, scaling_factor, dtype=torch.float16):
     "Save in diffusers format (safetensors), weights stored in `dtype` to keep the package small."
+    import diffusers
+
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -249,7 +211,7 @@ def save_folder(out, comps, scaling_factor, dtype=torch.float16):
             shutil.copy(TOKENIZER_SOURCE / f, tok_dir / f)
     comps["scheduler"].save_pretrained(tmp / "scheduler")
     index = {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
         "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"],
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
@@ -284,25 +246,36 @@ def main(argv=None):
     args = p.parse_args(argv)
     if Path(args.out).resolve() != Path(TOKENIZER_SOURCE).parent.resolve() and Path(args.out).exists() and any(Path(args.out).iterdir()):
         p.error(f"--out {args.out!r} exists and is not empty; choose a new folder")
-    t0 = time.time()
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(ElapsedFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        train(args)
+    finally:
+        logger.removeHandler(handler)
+
+
+def train(args):
+    "The three stages with the parsed options; the model is saved to args.out."
     gen = torch.Generator().manual_seed(args.seed)
     comps = build_components(seed=args.seed)
     images, captions = make_scenes(args.scenes)
-    log(f"rendered {len(images)} scenes", t0)
+    logger.info(f"rendered {len(images)} scenes")
     if args.vae_from:
         from diffusers import AutoencoderKL
 
         comps["vae"] = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae", torch_dtype=torch.float32)
     else:
-        train_vae(comps["vae"], images, args.vae_steps, args.vae_batch, args.lr, gen, t0)
+        train_vae(comps["vae"], images, args.vae_steps, args.vae_batch, args.lr, gen)
     raw = encode_all(comps["vae"], images)
     scaling = 1.0 / raw.std().item()
     latents = raw * scaling
-    log(f"encoded latents {tuple(latents.shape)}, std {raw.std().item():.3f} -> scaling factor {scaling:.4f}", t0)
+    logger.info(f"encoded latents {tuple(latents.shape)}, std {raw.std().item():.3f} -> scaling factor {scaling:.4f}")
     train_unet(comps["unet"], comps["text_encoder"], comps["tokenizer"], latents, captions, comps["scheduler"],
-               args.unet_steps, args.unet_batch, args.lr, gen, t0, snr_gamma=args.snr_gamma, ema_decay=args.ema_decay)
+               args.unet_steps, args.unet_batch, args.lr, gen, snr_gamma=args.snr_gamma, ema_decay=args.ema_decay)
     save_folder(args.out, comps, scaling)
-    log(f"saved to {args.out}", t0)
+    logger.info(f"saved to {args.out}")
 
 
 if __name__ == "__main__":
