@@ -23,27 +23,9 @@ from PIL import Image
 
 from diffedit_helpers import DiffEditConfig, diffedit
 from diffedit_helpers.models import BUNDLED_PATH, DiffEditModel
+from diffedit_helpers.world.sd_shaped import SD15_TEXT, SD15_UNET, SD15_VAE
 from diffedit_helpers.world.shapes import horse_scene, render
 from diffedit_helpers.world.tiny_model import scheduler_config, text_config, unet_config, vae_config
-
-# Stable Diffusion 1.5's architecture (the config.json files of its unet, vae and text_encoder folders)
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
-    downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, mid_block_scale_factor=1, center_input_sample=False,
-)
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
-    act_fn="silu", sample_size=512, scaling_factor=0.18215,
-)
-SD15_TEXT = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, layer_norm_eps=1e-5,
-    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-)
 
 
 def parse_args(argv=None):

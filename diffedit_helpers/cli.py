@@ -26,7 +26,10 @@ def _add_edit_options(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator (default 0)")
     p.add_argument("--fit", choices=("error", "resize", "crop"), default="error",
                    help="what to do when a side is not a multiple of the VAE scale factor (default: error)")
-    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--device", default="auto", help="torch device: cpu, cuda, cuda:1, ... (default auto: the GPU when "
+                                                   "this torch can run on it, else the CPU)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
+                   help="weights' precision (default auto: float16 on a GPU, float32 on the CPU and for the bundled model)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -69,14 +72,16 @@ def run_edit(image, source, target, out: Path, args) -> Path:
     import torch
 
     from .edit import diffedit
-    from .models import load_model
+    from .models import load_model, resolve_device, resolve_dtype
     from .plotting import overview
 
     config = config_from_args(args)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device, args.model)
     paths = check_outputs(out, args.overwrite)
     picture = check_inputs(image, source, target, paths)
-    model = load_model(args.model, device=args.device)
-    gen = torch.Generator(device=model.device).manual_seed(args.seed)
+    model = load_model(args.model, device=device, dtype=dtype)
+    gen = torch.Generator().manual_seed(args.seed)  # drawn on the CPU: the same noise on any device
     result = diffedit(model, picture, source, target, config, generator=gen, fit=args.fit, progress=not args.quiet)
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image

@@ -29,6 +29,7 @@ from .config import DiffEditConfig
 from .images import fit_size, to_rgb
 from .latents import decode_to_images, encode_image
 from .mask import blur_mask, check_finite, latent_mask, make_mask, mask_maps
+from .models import as_model
 from .noising import add_noise, alpha_bar, draw_noise, guided_noise, make_scheduler, to_epsilon
 from .text import check_prompt, encode_prompts
 
@@ -167,7 +168,7 @@ def prepare_inputs(model, image, source_prompt, target_prompt, config=None, fit:
     copy of config). Raises ValueError/TypeError naming the bad argument. For other entry points
     that take the same arguments (a mask-only run, an evaluation)."""
     config = checked_config(config)
-    return _prepare(model, image, source_prompt, target_prompt, config, fit), config
+    return _prepare(as_model(model), image, source_prompt, target_prompt, config, fit), config
 
 
 def _prepare(model, image, source_prompt, target_prompt, config, fit):
@@ -197,8 +198,10 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
         would get alone.
     callback(step, timestep, latents): called after every denoising step (previews).
     on_stage(stage, event): called with event "start" and "end" around each of STAGES.
+    model: a DiffEditModel (`load_model`) or a loaded diffusers StableDiffusionPipeline.
     Returns a DiffEditResult (a list of them for a list of images).
     """
+    model = as_model(model)
     config = checked_config(config)
     check_generator(generator)
     if isinstance(image, (list, tuple)):
@@ -224,6 +227,7 @@ def difference_map(model, image, source_prompt, target_prompt, config: DiffEditC
                    generator: torch.Generator | None = None, fit: str = "error", on_stage=None) -> np.ndarray:
     """Step 1 alone: the (H, W) float32 map in [0, 1] that `diffedit` thresholds into its mask
     (with the same generator state, the same map). Checks its inputs as `diffedit` does."""
+    model = as_model(model)
     image, config = prepare_inputs(model, image, source_prompt, target_prompt, config, fit)
     check_generator(generator)
     x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt, on_stage)

@@ -1,9 +1,13 @@
 """Loading the four components DiffEdit needs: VAE, tokenizer, text encoder, UNet (+ scheduler).
-Taught in notebook 00_quickstart (and used by every notebook through `load_auto`).
 
 `load_model("bundled")` gives the tiny model that ships inside this package (trained on the
 shapes world); `load_model("/path/to/sd-folder")` any local Stable Diffusion 1.x/2.x folder in
-diffusers format; `load_model("runwayml/stable-diffusion-v1-5")` a hub id (online only).
+diffusers format; `load_model("stable-diffusion-v1-5/stable-diffusion-v1-5", "cuda", torch.float16)`
+a hub id (downloaded once, then read from the local cache, also offline);
+`DiffEditModel.from_pipe(pipe)` the components of a loaded diffusers `StableDiffusionPipeline`.
+Everything a model needs is checked when it loads, not halfway through an edit: missing or
+unexpected weights, an inpainting UNet, a text encoder whose width the UNet cannot attend to.
+Taught in notebook 00_quickstart (and used by every notebook through `load_auto`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,11 @@ COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 WEIGHTED = ("vae", "text_encoder", "unet")
 WEIGHT_FILES = ("*.safetensors", "*.bin")
 DEFAULT_SD_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+HALF_VARIANT = "fp16"  # the weights variant Stable Diffusion repositories publish for float16
+MIN_VOCAB = 1000  # a CLIP tokenizer knows 49,408 tokens; far fewer means a broken tokenizer folder
+SD_SIZE_PARAMETERS = 100_000_000  # a UNet this large is Stable Diffusion-sized: minutes per edit on a CPU
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_LOAD_LOCK = threading.Lock()  # the libraries' log levels are process-wide: one load changes them at a time
 
 
 class ModelLoadError(RuntimeError):
@@ -69,21 +80,119 @@ class DiffEditModel:
             m.to(device=device, dtype=dtype)
         return self
 
+    @classmethod
+    def from_pipe(cls, pipe) -> "DiffEditModel":
+        """The components of a loaded diffusers pipeline (a `StableDiffusionPipeline`, or any
+        pipeline with vae, tokenizer, text_encoder, unet and scheduler), shared, not copied."""
+        missing = [c for c in COMPONENTS if getattr(pipe, c, None) is None]
+        if missing:
+            raise ModelLoadError(f"{type(pipe).__name__} has no {', '.join(missing)}: DiffEdit needs a Stable Diffusion "
+                                 f"1.x/2.x pipeline (vae, text_encoder, tokenizer, unet, scheduler)")
+        name = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
+        model = cls(pipe.vae, pipe.tokenizer, pipe.text_encoder, pipe.unet, dict(pipe.scheduler.config),
+                    name=str(name or type(pipe).__name__))
+        check_architecture(model.name, model.vae.config, model.unet.config, model.text_encoder.config,
+                           has_second_encoder=getattr(pipe, "text_encoder_2", None) is not None)
+        _check_tokenizer(model.name, model.tokenizer)
+        return model
 
-def _default_device_dtype(device, dtype):
+
+def as_model(model) -> DiffEditModel:
+    "A DiffEditModel as it is, or one built from a diffusers pipeline (`DiffEditModel.from_pipe`)."
+    if isinstance(model, DiffEditModel):
+        return model
+    if all(hasattr(model, c) for c in ("vae", "unet", "text_encoder", "tokenizer", "scheduler")):
+        return DiffEditModel.from_pipe(model)
+    raise TypeError(f"model must be a DiffEditModel (load_model) or a diffusers StableDiffusionPipeline, "
+                    f"got {type(model).__name__}")
+
+
+# ----------------------------------------------------------------------------- devices and dtypes
+def cuda_usable() -> bool:
+    """CUDA is available and this torch has kernels for the GPU (a Kaggle P100, sm_60, reports
+    CUDA available under a torch built for sm_75 and newer, then fails on its first kernel)."""
+    if not torch.cuda.is_available():
+        return False
+    arches = torch.cuda.get_arch_list()
+    if not arches:  # unknown build: trust is_available
+        return True
+    major, minor = torch.cuda.get_device_capability()
+    cap = major * 10 + minor
+    built = {int(a.split("_")[1]) for a in arches if a.startswith("sm_") and a.split("_")[1].isdigit()}
+    ptx = {int(a.split("_")[1]) for a in arches if a.startswith("compute_") and a.split("_")[1].isdigit()}
+    return cap in built or any(p <= cap for p in ptx)
+
+
+def available_devices() -> list[str]:
+    "The device types this torch can run on here."
+    found = ["cpu"]
+    if cuda_usable():
+        found.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        found.append("xpu")
+    return found
+
+
+def resolve_device(device="cpu") -> torch.device:
+    """`device` as a torch.device this machine can use. "auto" is the GPU when this torch can run
+    on it, else the CPU; None is the CPU. Anything else unusable here is a ValueError naming
+    the devices that are available."""
+    if device is None:
+        return torch.device("cpu")
+    if device == "auto":
+        return torch.device("cuda" if cuda_usable() else "cpu")
     try:
-        device = torch.device(device) if device is not None else torch.device("cpu")
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from e
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', or 'auto'; got {device!r} "
+                         f"(available here: {', '.join(available_devices())})") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={str(device)!r} but CUDA is not available here; use device='cpu' (the default)")
+    if device.type == "cuda" and not cuda_usable():
+        major, minor = torch.cuda.get_device_capability()
+        raise ValueError(f"device={str(device)!r}: this torch has no kernels for this GPU (compute capability "
+                         f"{major}.{minor}; built for {', '.join(torch.cuda.get_arch_list())}); use device='cpu'")
+    if device.type not in available_devices():
+        raise ValueError(f"device={str(device)!r} is not available with this torch; available here: "
+                         f"{', '.join(available_devices())}")
+    return device
+
+
+_DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+                "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype, device: torch.device, name: str = "") -> torch.dtype:
+    """`dtype` as a floating torch dtype. None is float32; "auto" is float16 on a GPU (for every
+    model but the tiny bundled one) and float32 elsewhere. float16 needs a GPU."""
     if dtype is None:
         dtype = torch.float32
+    elif dtype == "auto":
+        dtype = torch.float16 if device.type != "cpu" and name != "bundled" else torch.float32
+    elif isinstance(dtype, str):
+        if dtype not in _DTYPE_NAMES:
+            raise ValueError(f"dtype must be 'auto', {', '.join(repr(k) for k in _DTYPE_NAMES)} or a torch dtype, got {dtype!r}")
+        dtype = _DTYPE_NAMES[dtype]
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch dtype (torch.float32, or torch.float16 on CUDA), got {dtype!r}")
     if dtype == torch.float16 and device.type == "cpu":
         raise ValueError("dtype=torch.float16 needs a CUDA device; use float32 on the CPU")
-    return device, dtype
+    return dtype
+
+
+# ----------------------------------------------------------------------------- where the model is
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id: it exists, starts with '.', '/' or '~', has more or
+    fewer than one '/', or its first part is an existing folder."""
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
+        return True
+    return Path(name.split("/")[0]).is_dir()
 
 
 def _check_folder(path: Path):
@@ -101,114 +210,235 @@ def _check_folder(path: Path):
         raise ModelLoadError(f"{str(path)!r} has no weights (.safetensors or .bin) in {', '.join(c + '/' for c in no_weights)}")
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+def _local_variant(folder: Path) -> str | None:
+    """The weights variant a component folder holds when it has no plain weights file
+    (`diffusion_pytorch_model.fp16.safetensors` alone: "fp16"), else None."""
+    files = [f.name for p in WEIGHT_FILES for f in folder.glob(p)]
+    plain = [f for f in files if f.count(".") == 1]
+    if plain or not files:
+        return None
+    return files[0].split(".")[-2]
 
 
-def load_model(name_or_path: str | os.PathLike = "bundled", device=None, dtype=None) -> DiffEditModel:
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{what} {str(path)!r} is not readable JSON ({type(e).__name__})") from e
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{what} {str(path)!r} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------- what is supported
+def check_architecture(name: str, vae_config, unet_config, text_config, has_second_encoder: bool = False):
+    """Refuse, with one line, what DiffEdit here cannot run: SDXL-style models (a second text
+    encoder, added time embeddings), inpainting UNets (extra input channels), a text encoder
+    whose width the UNet cannot attend to. Configs are dicts or config objects."""
+    get = lambda cfg, key, default=None: cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)  # noqa: E731
+    supported = "supported: Stable Diffusion 1.x/2.x text-to-image models (one CLIP text encoder, a 4-channel latent UNet)"
+    if has_second_encoder or get(unet_config, "addition_embed_type") == "text_time":
+        raise ModelLoadError(f"{name!r} is an SDXL-style model (two text encoders, time embeddings), not {supported}")
+    latent, unet_in = get(vae_config, "latent_channels"), get(unet_config, "in_channels")
+    if unet_in != latent:
+        kind = "an inpainting UNet" if unet_in == 2 * latent + 1 else "a UNet"
+        raise ModelLoadError(f"{name!r} has {kind} with {unet_in} input channels, but its VAE makes {latent}-channel "
+                             f"latents; {supported}")
+    width, attends = get(text_config, "hidden_size"), get(unet_config, "cross_attention_dim")
+    if isinstance(attends, (list, tuple)):
+        attends = attends[0]
+    if width != attends:
+        raise ModelLoadError(f"{name!r}: the text encoder is {width} wide but the UNet attends to {attends}-wide "
+                             f"embeddings; {supported}")
+
+
+def _check_tokenizer(name: str, tokenizer):
+    "Refuse a tokenizer that cannot tell prompts apart (an empty or broken tokenizer folder)."
+    size = len(tokenizer)
+    if size < MIN_VOCAB:
+        raise ModelLoadError(f"{name!r}: the tokenizer knows only {size} tokens (a CLIP tokenizer knows 49,408); "
+                             f"its tokenizer/ folder is incomplete")
+    if tokenizer("horse").input_ids == tokenizer("zebra").input_ids:
+        raise ModelLoadError(f"{name!r}: the tokenizer encodes 'horse' and 'zebra' identically; its tokenizer/ folder is broken")
+
+
+def _check_loading_info(name: str, component: str, info: dict):
+    "Missing or unexpected weights are an error: random weights would edit nonsense silently."
+    for kind in ("missing_keys", "unexpected_keys"):
+        keys = sorted(info.get(kind) or ())
+        if keys:
+            shown = ", ".join(keys[:3]) + (f", ... ({len(keys)} in all)" if len(keys) > 3 else "")
+            raise ModelLoadError(f"{name!r}: the {component} weights have {kind.replace('_', ' ')}: {shown}")
+
+
+# ----------------------------------------------------------------------------- loading
+def load_model(name_or_path: str | os.PathLike = "bundled", device=None, dtype=None, *, variant: str | None = None,
+               revision: str | None = None, token=None, local_files_only: bool | None = None) -> DiffEditModel:
     """Load VAE, tokenizer, text encoder and UNet, in eval mode, on `device` in `dtype`.
 
     name_or_path: "bundled" (the tiny shapes-world model), a local diffusers-format SD folder,
-        or a hub id (needs network; with HF_HUB_OFFLINE=1 it fails fast).
-    device: defaults to the CPU. dtype: defaults to float32; float16 is an explicit choice
-        and needs CUDA.
+        or a hub id (downloaded once into the Hugging Face cache; with HF_HUB_OFFLINE=1 or
+        local_files_only=True only the cache is read).
+    device: defaults to the CPU; "auto" picks the GPU when this torch can run on it.
+    dtype: defaults to float32; "auto" is float16 on a GPU; float16 needs CUDA.
+    variant: the weights variant to read ("fp16"). By default a hub id loaded in float16 asks
+        for the "fp16" variant (half the download) and falls back to the full weights when the
+        repository has none; a local folder with only variant files uses them.
+    revision, token: passed to the hub (a branch, tag or commit; an access token).
     """
-    device, dtype = _default_device_dtype(device, dtype)
     name = str(name_or_path)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device, name)
     path = BUNDLED_PATH if name == "bundled" else Path(name).expanduser()
-    local = name == "bundled" or not _looks_like_hub_id(name)
-    if local:
+    if name == "bundled" or looks_like_path(name):
         _check_folder(path)
-        source = str(path)
+        source, hub = str(path), {}
+        variants = {c: variant or _local_variant(path / c) for c in WEIGHTED}
+        arch = [_read_json(path / c / "config.json", f"{c} config") for c in ("vae", "unet", "text_encoder")]
+        check_architecture(name, *arch, has_second_encoder=(path / "text_encoder_2").is_dir())
     else:
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-            raise ModelLoadError(
-                f"{name!r} is not a local folder and looks like a hub id, but HF_HUB_OFFLINE is set: "
-                f"download it elsewhere and pass its local folder"
-            )
-        source = name
+        offline = bool(local_files_only) or _offline()
+        source, hub = name, dict(revision=revision, token=token, local_files_only=offline)
+        wanted = variant or (HALF_VARIANT if dtype == torch.float16 else None)
+        variants = {c: wanted for c in WEIGHTED}
     try:
         with _quiet_loading():
-            vae, unet, text_encoder, tokenizer = _load_components(source, dtype)
-        scheduler_config = _read_scheduler_config(source, local)
+            if not hub:
+                components = _load_components(name, source, dtype, variants, hub)
+            else:
+                components = _load_from_hub(name, source, dtype, variants, hub)
+        scheduler_config = _read_scheduler_config(source, hub)
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001 - one clear line instead of a library traceback
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"could not load model {name!r}: {type(e).__name__}: {first}") from e
+        raise _load_error(name, e, hub) from e
+    vae, unet, text_encoder, tokenizer = components
     if tokenizer.model_max_length > 10_000:  # tokenizers saved without a limit
         tokenizer.model_max_length = text_encoder.config.max_position_embeddings
+    _check_tokenizer(name, tokenizer)
     model = DiffEditModel(vae, tokenizer, text_encoder, unet, scheduler_config, name=name)
     for m in (vae, text_encoder, unet):
         m.requires_grad_(False).eval()
     if device != model.device:
         model.to(device=device)
+    _warn_if_slow(model)
     return model
 
 
-def _load_components(source, dtype):
+def _load_error(name: str, e: Exception, hub: dict) -> ModelLoadError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if hub and _offline():
+        return ModelLoadError(
+            f"{name!r} is not a local folder and looks like a hub id, but HF_HUB_OFFLINE is set and it is not in the "
+            f"local Hugging Face cache: download it where there is network, then pass its local folder"
+        )
+    if hub and hub.get("local_files_only"):
+        return ModelLoadError(f"{name!r} is not a local folder, and read as a hub id it is not in the local Hugging Face "
+                              f"cache (local_files_only): {type(e).__name__}: {first}")
+    if hub:
+        return ModelLoadError(f"{name!r} is not a local folder, and read as a hub id it could not be loaded: "
+                              f"{type(e).__name__}: {first}")
+    return ModelLoadError(f"could not load model {name!r}: {type(e).__name__}: {first}")
+
+
+def _load_from_hub(name, source, dtype, variants, hub):
+    "Hub ids: the configs first (refusals before any download of weights), then the weights."
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    vae_cfg = AutoencoderKL.load_config(source, subfolder="vae", **hub)
+    unet_cfg = UNet2DConditionModel.load_config(source, subfolder="unet", **hub)
+    text_cfg = CLIPTextConfig.from_pretrained(source, subfolder="text_encoder", **hub)
+    check_architecture(name, vae_cfg, unet_cfg, text_cfg)
+    if not any(variants.values()):
+        return _load_components(name, source, dtype, variants, hub)
+    try:
+        return _load_components(name, source, dtype, variants, hub)
+    except (OSError, ValueError) as e:
+        wanted = next(v for v in variants.values() if v)
+        if "variant" not in str(e).lower() and f".{wanted}." not in str(e):
+            raise
+        warnings.warn(f"{name!r} has no {variants['unet']!r} weights variant; loading its full-precision weights "
+                      f"(a larger download) and converting them to {dtype}", stacklevel=4)
+        return _load_components(name, source, dtype, {c: None for c in variants}, hub)
+
+
+def _load_components(name, source, dtype, variants, hub):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype)
-    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype)
-    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
-    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+    vae, info = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, variant=variants["vae"],
+                                              output_loading_info=True, **hub)
+    _check_loading_info(name, "vae", info)
+    unet, info = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, variant=variants["unet"],
+                                                      output_loading_info=True, **hub)
+    _check_loading_info(name, "unet", info)
+    text_encoder, info = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype,
+                                                       variant=variants["text_encoder"], output_loading_info=True, **hub)
+    _check_loading_info(name, "text_encoder", info)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)
     return vae, unet, text_encoder, tokenizer
 
 
 @contextlib.contextmanager
 def _quiet_loading():
-    "Silence the libraries' loading chatter (progress bars, advice) for this call only."
+    """The libraries' loading chatter (progress bars, advice) down to errors for this load only:
+    their own log levels, changed and restored under a lock. Python's warnings are left alone."""
     import diffusers.utils.logging as dlog
     import transformers.utils.logging as tlog
 
-    levels = dlog.get_verbosity(), tlog.get_verbosity()
-    bars = tlog.is_progress_bar_enabled()
-    dlog.set_verbosity_error(), tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with _LOAD_LOCK:
+        levels = dlog.get_verbosity(), tlog.get_verbosity()
+        bars = tlog.is_progress_bar_enabled()
+        dlog.set_verbosity_error(), tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+        try:
             yield
-    finally:
-        dlog.set_verbosity(levels[0]), tlog.set_verbosity(levels[1])
-        if bars:
-            tlog.enable_progress_bar()
+        finally:
+            dlog.set_verbosity(levels[0]), tlog.set_verbosity(levels[1])
+            if bars:
+                tlog.enable_progress_bar()
 
 
-def _read_scheduler_config(source: str, local: bool) -> dict:
-    if local:
+def _read_scheduler_config(source: str, hub: dict) -> dict:
+    if not hub:
         cfg_path = Path(source) / "scheduler" / "scheduler_config.json"
         if not cfg_path.exists():
             raise ModelLoadError(f"{source!r} has no scheduler/scheduler_config.json")
-        return json.loads(cfg_path.read_text())
-    from diffusers import DDIMScheduler
+        config = _read_json(cfg_path, "scheduler config")
+    else:
+        from diffusers import DDIMScheduler
 
-    return dict(DDIMScheduler.load_config(source, subfolder="scheduler"))
+        config = dict(DDIMScheduler.load_config(source, subfolder="scheduler", **hub))
+    for key in ("num_train_timesteps", "beta_start", "beta_end"):
+        if key in config and not isinstance(config[key], (int, float)):
+            raise ModelLoadError(f"{source!r}: scheduler config {key} must be a number, got {config[key]!r}")
+    return config
+
+
+def _warn_if_slow(model: DiffEditModel):
+    "A Stable Diffusion-size UNet on the CPU takes minutes per edit: say so before the first one."
+    if model.device.type != "cpu":
+        return
+    n = sum(p.numel() for p in model.unet.parameters())
+    if n >= SD_SIZE_PARAMETERS:
+        warnings.warn(f"{model.name!r} has a Stable Diffusion-size UNet ({n / 1e6:.0f} M parameters) on the CPU: a "
+                      f"default 512-px edit takes about 18 minutes here; on a GPU pass device='cuda' (CLI: --device cuda)",
+                      stacklevel=3)
 
 
 def auto_model_name() -> str:
     """The model a notebook uses when MODEL = "auto": $DIFFEDIT_MODEL if set, else Stable
-    Diffusion 1.5 when CUDA is available, else the bundled model."""
+    Diffusion 1.5 when a usable GPU is present, else the bundled model."""
     env = os.environ.get("DIFFEDIT_MODEL")
     if env:
         return env
-    return DEFAULT_SD_ID if torch.cuda.is_available() else "bundled"
-
-
-def auto_device_dtype(name: str) -> tuple[torch.device, torch.dtype]:
-    """Where and how a notebook runs `name`: on the GPU when torch sees one, else the CPU; in
-    float16 on the GPU (Stable Diffusion's usual choice), float32 on the CPU and for the bundled
-    model (too small to gain from half precision)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    half = device.type != "cpu" and name != "bundled"
-    return device, torch.float16 if half else torch.float32
+    return DEFAULT_SD_ID if cuda_usable() else "bundled"
 
 
 def load_auto(name: str = "auto") -> DiffEditModel:
-    '''Load `name`, resolving "auto" (`auto_model_name`), on the device and in the dtype `auto_device_dtype` picks.'''
+    '''Load `name` ("auto": `auto_model_name`) on the GPU when this torch can use one, else the CPU,
+    in float16 on the GPU (float32 for the bundled model, and on the CPU).'''
     if name == "auto":
         name = auto_model_name()
-    device, dtype = auto_device_dtype(name)
-    return load_model(name, device=device, dtype=dtype)
+    return load_model(name, device="auto", dtype="auto")

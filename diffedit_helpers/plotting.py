@@ -67,12 +67,17 @@ def image_grid(images, titles=None, ncols=None, scale=4, pad=4, title_height=14)
     return grid
 
 
-def overview(result, scale=4) -> Image.Image:
-    "input | difference map | mask | edit, for a DiffEditResult."
-    return image_grid(
-        [result.input_image, result.difference_map, overlay(result.input_image, result.mask), result.image],
-        titles=["input", "difference map", "mask", "edit"], scale=scale,
-    )
+def overview(result, panel: int = 256) -> Image.Image:
+    """input | difference map | mask | edit, for a DiffEditResult, each panel about `panel` pixels
+    on its longer side: small images are scaled up (nearest neighbours, a whole factor), large
+    ones down, so a 64-px scene and a 4-megapixel photo both give a picture about 1,000 px wide."""
+    panels = [result.input_image, result.difference_map, overlay(result.input_image, result.mask), result.image]
+    h, w = to_array(result.input_image).shape[:2]
+    if max(h, w) <= panel:
+        return image_grid(panels, titles=["input", "difference map", "mask", "edit"], scale=max(1, panel // max(h, w)))
+    size = (max(1, round(w * panel / max(h, w))), max(1, round(h * panel / max(h, w))))  # (width, height)
+    small = [Image.fromarray(to_array(p)).resize(size, Image.LANCZOS) for p in panels]
+    return image_grid(small, titles=["input", "difference map", "mask", "edit"], scale=1)
 
 
 def show(images, titles=None, ncols=None, figsize_per=2.5, cmap=None, suptitle=None):

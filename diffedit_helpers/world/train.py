@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .shapes import random_scene, render
+from .sd_shaped import prefix_text_encoder_keys
 from .tiny_model import TOKENIZER_SOURCE, build_components
 
 PIXEL_RANGE = 2.0  # pixels are trained in [-1, 1]: PSNR's peak is that range, 2 (peak squared 4)
@@ -204,6 +205,7 @@ def save_folder(out, comps, scaling_factor, dtype=torch.float16):
     for name in ("vae", "unet", "text_encoder"):
         comps[name].to(dtype).save_pretrained(tmp / name, safe_serialization=True)
         comps[name].to(torch.float32)
+    prefix_text_encoder_keys(tmp / "text_encoder")
     tok_dir = tmp / "tokenizer"
     tok_dir.mkdir()
     for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "SOURCE.md"):

@@ -1,0 +1,240 @@
+"""The Stable Diffusion path, offline: SD-1.5- and SD-2.1-shaped folders with random weights built
+at test time (real configs' structure, small channel counts), loaded the ways diffusers users load
+models (local folders, fp16 variants, the hub cache, a loaded pipeline), and refused up front when
+DiffEdit here cannot run them."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffedit_helpers import DiffEditConfig, DiffEditModel, ModelLoadError, diffedit, feather_alpha, load_model
+from diffedit_helpers.models import resolve_device
+from diffedit_helpers.world.sd_shaped import save_sd_folder
+
+SRC, TGT = "a cup of coffee on a saucer", "a cup of green tea on a saucer"
+FAST = DiffEditConfig(steps=4, n_noise=2, threshold=0.3)
+
+
+@pytest.fixture(scope="session")
+def sd_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sd")
+    return dict(sd15=save_sd_folder(root / "sd15"), sd21=save_sd_folder(root / "sd21", version="2.1"),
+                sd15_fp16=save_sd_folder(root / "sd15-fp16", variant="fp16"))
+
+
+def _photo(size=128):
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def _copy(folder, tmp_path, name="model"):
+    out = tmp_path / name
+    shutil.copytree(folder, out)
+    return out
+
+
+def _edit_config(folder, component, **changes):
+    path = folder / component / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(changes)
+    path.write_text(json.dumps(cfg))
+
+
+# ----------------------------------------------------------------------------- what the SD shape means
+@pytest.mark.parametrize("which, prediction", [("sd15", "epsilon"), ("sd21", "v_prediction")])
+def test_sd_shaped_folders_load_with_sd_constants_from_their_configs(sd_folders, which, prediction):
+    model = load_model(sd_folders[which])
+    assert model.vae_scale_factor == 8 and model.latent_channels == 4 and model.max_prompt_tokens == 77
+    assert model.prediction_type == prediction and model.vae.config.scaling_factor == pytest.approx(0.18215)
+    r = diffedit(model, _photo(), SRC, TGT, FAST, generator=torch.Generator().manual_seed(0), progress=False)
+    assert r.image.size == (128, 128) and r.mask.shape == (128, 128) and r.mask.dtype == bool
+    assert np.isfinite(r.difference_map).all() and 0 <= r.difference_map.min() and r.difference_map.max() <= 1
+    outside = feather_alpha(r.mask, FAST.feather) == 0  # composite: there the pixels are the input's, exactly
+    assert outside.any()
+    np.testing.assert_array_equal(np.asarray(r.image)[outside], np.asarray(r.input_image)[outside])
+
+
+def test_an_fp16_variant_folder_loads(sd_folders):
+    assert {f.name for f in (sd_folders["sd15_fp16"] / "unet").iterdir()} == {"config.json", "diffusion_pytorch_model.fp16.safetensors"}
+    half = load_model(sd_folders["sd15_fp16"])  # float32 on the CPU, from the float16 weights
+    assert half.dtype == torch.float32
+    full = load_model(sd_folders["sd15"])
+    for a, b in zip(half.unet.parameters(), full.unet.parameters()):  # the same seed: the same weights, rounded
+        torch.testing.assert_close(a, b.half().float())
+
+
+# ----------------------------------------------------------------------------- the hub cache, offline
+def _as_hub_cache(folder, cache, repo_id):
+    "Lay `folder` out as the Hugging Face cache holds a downloaded repository."
+    snapshot = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    shutil.copytree(folder, snapshot)
+    refs = snapshot.parent.parent / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("0" * 40)
+
+
+def test_a_cached_hub_id_loads_offline_with_the_fp16_variant_or_without(sd_folders, tmp_path):
+    cache = tmp_path / "hub"
+    _as_hub_cache(sd_folders["sd15"], cache, "someone/sd15-small")
+    _as_hub_cache(sd_folders["sd15_fp16"], cache, "someone/sd15-small-fp16")
+    code = (
+        "import warnings, torch\n"
+        "from diffedit_helpers import load_model\n"
+        "a = load_model('someone/sd15-small')\n"
+        "b = load_model('someone/sd15-small-fp16', variant='fp16')\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    c = load_model('someone/sd15-small', variant='fp16')  # no such variant: the full weights\n"
+        "assert any('has no' in str(x.message) and 'variant' in str(x.message) for x in w), [str(x.message) for x in w]\n"
+        "print(a.vae_scale_factor, b.vae_scale_factor, c.vae_scale_factor, a.name)\n"
+    )
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["8", "8", "8", "someone/sd15-small"]
+    # not in the cache: refused in one line that says so
+    proc = subprocess.run([sys.executable, "-c", "from diffedit_helpers import load_model; load_model('someone/other')"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0 and "not in the local Hugging Face cache" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- a loaded pipeline
+def test_a_loaded_stable_diffusion_pipeline_edits_as_its_folder_does(sd_folders):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(sd_folders["sd15"]), safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    model = DiffEditModel.from_pipe(pipe)
+    assert model.unet is pipe.unet and model.vae is pipe.vae  # shared, not copied
+    run = lambda m: diffedit(m, _photo(), SRC, TGT, FAST, generator=torch.Generator().manual_seed(0), progress=False)  # noqa: E731
+    from_pipe, from_folder = run(pipe), run(load_model(sd_folders["sd15"]))
+    np.testing.assert_array_equal(from_pipe.mask, from_folder.mask)
+    np.testing.assert_array_equal(np.asarray(from_pipe.image), np.asarray(from_folder.image))
+
+
+# ----------------------------------------------------------------------------- refused at load time
+def _garble_weights(folder):
+    "Weights that cannot load: a refusal that still comes proves the configs were read first."
+    for f in folder.rglob("*.safetensors"):
+        f.write_bytes(b"not weights")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: _edit_config(f, "unet", in_channels=9), "inpainting UNet with 9 input channels"),
+    (lambda f: _edit_config(f, "text_encoder", hidden_size=48), "text encoder is 48 wide but the UNet attends to 32"),
+    (lambda f: shutil.copytree(f / "text_encoder", f / "text_encoder_2"), "SDXL-style model"),
+    (lambda f: _edit_config(f, "unet", addition_embed_type="text_time"), "SDXL-style model"),
+])
+def test_unsupported_models_are_refused_before_their_weights_load(sd_folders, tmp_path, change, message):
+    folder = _copy(sd_folders["sd15"], tmp_path)
+    change(folder)
+    _garble_weights(folder)
+    with pytest.raises(ModelLoadError, match=message) as err:
+        load_model(folder)
+    assert "supported: Stable Diffusion 1.x/2.x" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_weights_are_an_error_naming_the_component_and_keys(sd_folders, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(sd_folders["sd15"], tmp_path)
+    path = folder / "text_encoder" / "model.safetensors"
+    weights = load_file(str(path))
+    dropped = sorted(weights)[0]
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(path))
+    with pytest.raises(ModelLoadError, match="text_encoder weights have missing keys") as err:
+        load_model(folder)
+    assert dropped.removeprefix("text_model.") in str(err.value)  # named as the model calls it
+
+
+def test_a_broken_tokenizer_or_scheduler_folder_is_refused(sd_folders, tmp_path):
+    folder = _copy(sd_folders["sd15"], tmp_path)
+    vocab = folder / "tokenizer" / "vocab.json"
+    vocab.write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1}))
+    (folder / "tokenizer" / "merges.txt").write_text("#version: 0.2\n")
+    for extra in ("tokenizer.json",):
+        (folder / "tokenizer" / extra).unlink(missing_ok=True)
+    with pytest.raises(ModelLoadError, match="tokenizer knows only"):
+        load_model(folder)
+    folder = _copy(sd_folders["sd15"], tmp_path, "model2")
+    (folder / "scheduler" / "scheduler_config.json").write_text("[1, 2]")
+    with pytest.raises(ModelLoadError, match="must hold a JSON object"):
+        load_model(folder)
+
+
+# ----------------------------------------------------------------------------- paths, devices, threads
+def test_a_missing_path_is_said_to_be_missing_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ModelLoadError, match=r"^model folder 'models/sd15' does not exist$"):
+        load_model("models/sd15")  # its first part is a folder here: a path
+    for name in ("./sd15", "~/no-such-model-here", "a/b/c"):
+        with pytest.raises(ModelLoadError, match="does not exist"):
+            load_model(name)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"^'weights/sd15' is not a local folder and looks like a hub id"):
+        load_model("weights/sd15")  # no such folder: then, and only then, a hub id
+
+
+@pytest.mark.parametrize("device", ["xpu", "meta", "gpu", "cuda:7" if not torch.cuda.is_available() else "xpu"])
+def test_a_device_this_torch_cannot_use_is_refused_naming_the_ones_it_can(device):
+    with pytest.raises(ValueError, match="device") as err:
+        resolve_device(device)
+    assert "cpu" in str(err.value)
+
+
+def test_loading_in_threads_leaves_warning_filters_and_log_levels_as_they_were():
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    filters, levels = list(warnings.filters), (dlog.get_verbosity(), tlog.get_verbosity())
+    errors = []
+
+    def load():
+        try:
+            load_model("bundled")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert list(warnings.filters) == filters and (dlog.get_verbosity(), tlog.get_verbosity()) == levels
+
+
+def test_an_sd_size_unet_on_the_cpu_is_warned_about(sd_folders, monkeypatch):
+    import diffedit_helpers.models as models
+
+    monkeypatch.setattr(models, "SD_SIZE_PARAMETERS", 1)  # the small SD shape stands in for the 860 M UNet
+    with pytest.warns(UserWarning, match="Stable Diffusion-size UNet .* on the CPU: a default 512-px edit takes about"):
+        load_model(sd_folders["sd15"])
+
+
+# ----------------------------------------------------------------------------- the CLI on a 512-px photo
+@pytest.mark.slow
+def test_cli_edits_a_512_px_photo_with_an_sd_shaped_model(sd_folders, tmp_path):
+    from diffedit_helpers.cli import main
+    from diffedit_helpers.paths import images_dir
+
+    photo = images_dir() / "coffee.jpg"
+    out = tmp_path / "out"
+    assert main(["edit", str(photo), "--source", SRC, "--target", TGT, "--out", str(out), "--model",
+                 str(sd_folders["sd15"]), "--steps", "3", "--n-noise", "1", "--quiet"]) == 0
+    edited = Image.open(out / "edited.png")
+    assert edited.size == Image.open(photo).size == (512, 512)
+    mask = np.asarray(Image.open(out / "mask.png"))
+    assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
+    width, height = Image.open(out / "overview.png").size
+    assert 800 <= width <= 1200 and height < 400  # four panels of about 256 px, not 4x the photo
