@@ -1,5 +1,5 @@
 # make demo   set up (first time) and edit a shapes-world horse into a zebra with the bundled model
-# make test   set up (first time) and run the tests and every notebook under nbval
+# make test   set up (first time) and run the tests and every notebook under nbval (also on an SD-shaped model)
 # make bench  regenerate the README's Results section (benchmarks/; about 25 minutes on one thread)
 # make train  retrain the bundled model from scratch (CPU, under an hour)
 
@@ -9,16 +9,17 @@ PY := $(VENV)/bin/python
 # one thread: torch with two threads on a busy two-core machine can be 50x slower
 RUN := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY)
 
-.PHONY: setup demo test test-fast bench train
+.PHONY: setup demo test test-compat test-fast bench train
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# keep an installed torch (Colab, Kaggle); on a bare CPU machine take the CPU wheel, never a CUDA build
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements.txt -e .
+	@# then the rest; accelerate (the batch command) only now, so that it finds torch installed
+	$(PY) -m pip install -q -r requirements-dev.txt -e ".[accelerate]"
 	touch $@
 
 demo: setup
@@ -26,6 +27,19 @@ demo: setup
 
 test: setup
 	$(RUN) -m pytest -q -p no:cacheprovider tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg
+	$(MAKE) --no-print-directory test-compat
+
+# the versions our users have: Colab's ipywidgets 7.7.1 for the widget tests, transformers at the floor
+# requirements.txt allows for the bundled text encoder, and a dry-run install beside Colab's and Kaggle's pins
+test-compat: setup
+	rm -rf .compat
+	$(PY) -m pip install -q --target .compat/ipywidgets7 --no-deps ipywidgets==7.7.1 widgetsnbextension==3.6.10 \
+		jupyterlab_widgets==1.1.11 ipython_genutils==0.2.0
+	PYTHONPATH=.compat/ipywidgets7 $(RUN) -m pytest -q -p no:cacheprovider tests/test_widgets.py
+	$(PY) -m pip install -q --target .compat/transformers-floor --no-deps transformers==4.56.2 huggingface_hub==0.35.3 \
+		tokenizers==0.22.1
+	DIFFEDIT_TRANSFORMERS_FLOOR=.compat/transformers-floor DIFFEDIT_CHECK_INSTALL=1 $(RUN) -m pytest -q -p no:cacheprovider \
+		tests/test_install.py
 
 test-fast: setup
 	$(RUN) -m pytest -q -p no:cacheprovider tests -m "not slow"

@@ -15,6 +15,9 @@ import warnings
 from dataclasses import asdict, dataclass, fields, replace
 
 ENCODINGS = ("noise", "inversion")
+STABLE_DIFFUSION_VAE_FACTOR = 8  # pixels per latent cell in every Stable Diffusion 1.x/2.x VAE
+# Stable Diffusion's defaults where they differ from the shapes world's: the paper's threshold
+STABLE_DIFFUSION = dict(threshold=0.5, refine=False)
 
 
 class ConfigError(ValueError):
@@ -111,6 +114,17 @@ class DiffEditConfig:
 
     def replace(self, **changes) -> "DiffEditConfig":
         return replace(self, **changes)
+
+    @classmethod
+    def for_model(cls, model) -> "DiffEditConfig":
+        """The defaults for `model`. The class defaults were measured on the shapes world (the
+        bundled model and any model of its kind). Models with Stable Diffusion's 8x VAE get the
+        DiffEdit paper's mask rule instead: the normalised map binarised at 0.5, without this
+        project's guided-filter refinement, which was measured only on flat-coloured objects
+        (on textured photos it can follow the texture inside the object). See STABLE_DIFFUSION."""
+        if model.vae_scale_factor == STABLE_DIFFUSION_VAE_FACTOR:
+            return cls(**STABLE_DIFFUSION)
+        return cls()
 
     def to_dict(self) -> dict:
         return asdict(self)

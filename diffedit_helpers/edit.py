@@ -148,10 +148,11 @@ def stage(name: str, on_stage=None):
             on_stage(name, "end")
 
 
-def checked_config(config) -> DiffEditConfig:
-    "A validated copy of `config` (the defaults for None): the caller's object is never changed."
+def checked_config(config, model=None) -> DiffEditConfig:
+    """A validated copy of `config` (None: the defaults for `model`, `DiffEditConfig.for_model`):
+    the caller's object is never changed."""
     if config is None:
-        config = DiffEditConfig()
+        config = DiffEditConfig.for_model(model) if model is not None else DiffEditConfig()
     if not isinstance(config, DiffEditConfig):
         raise TypeError(f"config must be a DiffEditConfig or None, got {type(config).__name__}")
     return config.replace().validate()
@@ -167,8 +168,9 @@ def prepare_inputs(model, image, source_prompt, target_prompt, config=None, fit:
     """Every check `diffedit` makes before model work, for one image: returns (RGB image, validated
     copy of config). Raises ValueError/TypeError naming the bad argument. For other entry points
     that take the same arguments (a mask-only run, an evaluation)."""
-    config = checked_config(config)
-    return _prepare(as_model(model), image, source_prompt, target_prompt, config, fit), config
+    model = as_model(model)
+    config = checked_config(config, model)
+    return _prepare(model, image, source_prompt, target_prompt, config, fit), config
 
 
 def _prepare(model, image, source_prompt, target_prompt, config, fit):
@@ -202,7 +204,7 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
     Returns a DiffEditResult (a list of them for a list of images).
     """
     model = as_model(model)
-    config = checked_config(config)
+    config = checked_config(config, model)
     check_generator(generator)
     if isinstance(image, (list, tuple)):
         n = len(image)

@@ -10,6 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 PROJECT_NAME = "diffedit-helpers"
+# what the notebooks edit (file in images/, source prompt, target prompt): for the bundled model a
+# scene of the shapes world, the world it was trained on; for Stable Diffusion a photo whose object
+# stands on a visible background (the table around the cup is what the edit must keep), and an
+# edit of the kind SD does well: the same object, another colour and content
+EXAMPLES = {
+    "bundled": ("horse_on_grass.png", "a brown horse on grass", "a zebra on grass"),
+    "photo": ("coffee.jpg", "a cup of coffee on a saucer", "a cup of green tea on a saucer"),
+}
 
 
 def is_repo(folder: Path) -> bool:
@@ -41,3 +49,9 @@ def images_dir(start: Path | None = None) -> Path:
     if not images.is_dir():
         raise FileNotFoundError(f"{str(images)!r} is missing: run `python tools/make_images.py` in the repository")
     return images
+
+
+def example_edit(model, start: Path | None = None) -> tuple[Path, str, str]:
+    "The notebooks' example for `model`: (image path, source prompt, target prompt), from EXAMPLES."
+    file, source, target = EXAMPLES["bundled" if model.name == "bundled" else "photo"]
+    return images_dir(start) / file, source, target

@@ -238,3 +238,26 @@ def test_cli_edits_a_512_px_photo_with_an_sd_shaped_model(sd_folders, tmp_path):
     assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
     width, height = Image.open(out / "overview.png").size
     assert 800 <= width <= 1200 and height < 400  # four panels of about 256 px, not 4x the photo
+
+
+# ----------------------------------------------------------------------------- per-model defaults, examples
+def test_stable_diffusion_gets_the_papers_mask_rule_and_the_bundled_model_its_measured_one(sd_folders, tiny_model):
+    from diffedit_helpers.config import STABLE_DIFFUSION
+
+    sd = load_model(sd_folders["sd15"])
+    assert DiffEditConfig.for_model(sd) == DiffEditConfig(**STABLE_DIFFUSION) != DiffEditConfig()
+    assert DiffEditConfig.for_model(sd).threshold == 0.5 and not DiffEditConfig.for_model(sd).refine
+    assert DiffEditConfig.for_model(tiny_model) == DiffEditConfig()
+    r = diffedit(sd, _photo(), SRC, TGT, None, generator=torch.Generator().manual_seed(0), progress=False)
+    assert r.config == DiffEditConfig(**STABLE_DIFFUSION)  # config=None: the model's defaults
+
+
+def test_the_notebooks_edit_a_scene_on_the_bundled_model_and_a_photo_on_stable_diffusion(sd_folders, tiny_model):
+    from diffedit_helpers.images import to_rgb
+    from diffedit_helpers.paths import example_edit
+
+    bundled = DiffEditModel(tiny_model.vae, tiny_model.tokenizer, tiny_model.text_encoder, tiny_model.unet,
+                            tiny_model.scheduler_config, name="bundled")
+    scene, photo = example_edit(bundled), example_edit(load_model(sd_folders["sd15"]))
+    assert to_rgb(scene[0]).size == (64, 64) and scene[2] == "a zebra on grass"
+    assert to_rgb(photo[0]).size == (512, 512) and photo[0].suffix == ".jpg" and photo[1] != photo[2]

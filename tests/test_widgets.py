@@ -236,4 +236,6 @@ def test_bad_image_is_named(diff_map):
 def test_valid_input_raises_no_warning(image, diff_map):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        # ipywidgets 7 itself uses a Comm class newer ipykernels deprecate: not a warning of ours
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="ipywidgets")
         mask_explorer(image, diff_map, threshold=0.2, blur=7, fill_holes=True, scale=1)

@@ -57,9 +57,13 @@ VERSIONS = {"1.5": (SD15_UNET, SD15_VAE, SD15_TEXT, "epsilon"), "2.1": (SD21_UNE
 
 
 def shrink(unet: dict, vae: dict, text: dict) -> tuple[dict, dict, dict]:
-    "The same architectures with channel counts and depths a CPU runs in seconds (the structure kept)."
+    """The same architectures with channel counts and depths a CPU runs in seconds: four UNet
+    levels, cross-attention at the middle two (SD also attends at the first, full-resolution
+    level, where attention over 64 x 64 latents would cost a CPU seconds per call)."""
     heads = unet.get("attention_head_dim")
     unet = dict(unet, block_out_channels=(32, 32, 64, 64), layers_per_block=1, cross_attention_dim=32,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
                 attention_head_dim=(2, 2, 4, 4) if isinstance(heads, tuple) else 8)
     vae = dict(vae, block_out_channels=(32, 32, 32, 32), layers_per_block=1)
     text = dict(text, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32)
