@@ -153,9 +153,13 @@ def slow_edit(model, size: tuple[int, int], config) -> str | None:
         return None
     native = model.unet.config.sample_size * model.vae_scale_factor
     took = f"{seconds / 60:.0f} minutes" if seconds < 5400 else f"{seconds / 3600:.1f} hours"
+    if max(size) > native:
+        way_out = (f"shrink it first: fit='resize' with max_side={native} (CLI: --fit resize --size {native}; this model's "
+                   f"native size is {native} px)")
+    else:
+        way_out = "use fewer steps or noise draws (--steps, --n-noise), or a faster device"
     return (f"this edit of a {size[0]}x{size[1]} image will take about {took} on {model.device.type} "
-            f"({unet_samples(config)} UNet evaluations); shrink it first: fit='resize' with max_side={native} "
-            f"(CLI: --fit resize --size {native}; this model's native size is {native} px)")
+            f"({unet_samples(config)} UNet evaluations); {way_out}")
 
 
 def warn_before_editing(model, image, source_prompt: str, target_prompt: str, config, stacklevel: int = 4):
