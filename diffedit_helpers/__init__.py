@@ -7,7 +7,7 @@
     result.image, result.mask, result.difference_map
 """
 
-from .config import ConfigError, DiffEditConfig
+from .config import ConfigError, DiffEditConfig, DiffEditWarning
 from .edit import (
     STAGES,
     DiffEditResult,
@@ -39,7 +39,7 @@ from .text import encode_prompts, tokenize
 
 # the mask explorer (ipywidgets) is imported where it is used: `from diffedit_helpers.widgets import mask_explorer`
 __all__ = [
-    "DiffEditConfig", "ConfigError", "DiffEditResult", "DiffEditModel", "ImageInputError", "ModelLoadError", "BUNDLED_PATH",
+    "DiffEditConfig", "ConfigError", "DiffEditWarning", "DiffEditResult", "DiffEditModel", "ImageInputError", "ModelLoadError", "BUNDLED_PATH",
     "STAGES", "load_model", "load_auto", "diffedit", "encode_image", "decode_latents", "decode_to_images", "image_to_tensor",
     "tensor_to_images", "encode_prompts", "tokenize", "make_scheduler", "timestep_at", "add_noise", "predict_noise",
     "guided_noise", "noise_difference", "normalise_map", "upsample_map", "threshold_mask", "blur_mask", "fill_holes",

@@ -1,8 +1,9 @@
 """Command line: `python -m diffedit_helpers edit IMAGE --source ... --target ... --out DIR`
 and `python -m diffedit_helpers demo` (a shapes-world horse -> zebra with the bundled model).
 
-Errors are one line on stderr and a non-zero exit, never a traceback. Existing files are
-never overwritten unless --overwrite is given.
+Errors are one line on stderr and a non-zero exit, never a traceback; Ctrl-C prints
+`interrupted` and exits 130. Existing files are never overwritten unless --overwrite is given,
+inputs never, and every output is written whole or not at all (`outputs`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import add_config_arguments, config_from_args
+from .config import ConfigError, DiffEditWarning, add_config_arguments, check_for_image, config_from_args, with_option
+from .outputs import check_not_input, check_out_folder, save_all, save_new
 
 OUTPUT_FILES = ("mask.png", "edited.png", "overview.png")
 # the demo's settings, also those of the README picture (tools/make_readme_picture.py): guidance 12 and the
 # first seed whose zebra passes the held-out success check (with seeds 0 and 1 the legs stay grass)
 DEMO_GUIDANCE, DEMO_SEED = 12.0, 2
+SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes
+INTERRUPTED = 130  # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
 
 
 def _add_edit_options(p: argparse.ArgumentParser):
@@ -26,6 +30,8 @@ def _add_edit_options(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator (default 0)")
     p.add_argument("--fit", choices=("error", "resize", "crop"), default="error",
                    help="what to do when a side is not a multiple of the VAE scale factor (default: error)")
+    p.add_argument("--size", type=int, default=None,
+                   help="shrink a larger picture so that its longer side is at most this many pixels (implies --fit resize)")
     p.add_argument("--device", default="auto", help="torch device: cpu, cuda, cuda:1, ... (default auto: the GPU when "
                                                    "this torch can run on it, else the CPU)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
@@ -34,32 +40,41 @@ def _add_edit_options(p: argparse.ArgumentParser):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def check_inputs(image, source: str, target: str, out_paths: list[Path]):
-    "The prompts and the image file, checked before a model is loaded; the input is never an output."
+def check_inputs(image, source: str, target: str, out_paths: list[Path], config=None):
+    """The prompts, the image file and the settings measured in pixels, checked before a model is
+    loaded; the input is never an output (by path or by inode)."""
     from .images import to_rgb
     from .text import check_prompt
 
     check_prompt("--source", source)
     check_prompt("--target", target)
     for p in out_paths:
-        if p.exists() and p.resolve() == Path(image).resolve():
-            raise ValueError(f"--out {str(p.parent)!r} would overwrite the input image {str(image)!r}; choose another folder")
-    return to_rgb(image, "image")
+        check_not_input(p, [image])
+    picture = to_rgb(image, "image")
+    if config is not None:
+        check_for_image(config, *picture.size)
+    return picture
 
 
-def check_outputs(out: Path, overwrite: bool) -> list[Path]:
-    "The output paths in `out`; refuse (before any model work) if one exists and overwrite is off."
+def check_seed(seed: int) -> int:
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ValueError(f"--seed must be an integer in [0, 2**64 - 1], got {seed}")
+    return seed
+
+
+def check_outputs(out, overwrite: bool) -> list[Path]:
+    "The output paths in `out`; refuse (before any model work) if `out` is unusable, or if one exists and overwrite is off."
+    out = check_out_folder(out)
     paths = [out / f for f in OUTPUT_FILES]
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {str(out)!r} is a file, not a folder")
     existing = [p.name for p in paths if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"--out {str(out)!r} already holds {', '.join(existing)}; choose a new folder or pass --overwrite")
     return paths
 
 
-def fresh_folder(base: Path) -> Path:
+def fresh_folder(base) -> Path:
     "base, or base-2, base-3, ...: the first that does not exist yet."
+    base = check_out_folder(base)
     if not base.exists():
         return base
     i = 2
@@ -68,7 +83,7 @@ def fresh_folder(base: Path) -> Path:
     return base.parent / f"{base.name}-{i}"
 
 
-def run_edit(image, source, target, out: Path, args) -> Path:
+def run_edit(image, source, target, out, args) -> Path:
     import torch
 
     from .edit import diffedit
@@ -78,18 +93,59 @@ def run_edit(image, source, target, out: Path, args) -> Path:
     config = config_from_args(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device, args.model)
+    check_seed(args.seed)
     paths = check_outputs(out, args.overwrite)
-    picture = check_inputs(image, source, target, paths)
+    picture = check_inputs(image, source, target, paths, config)
+    fit = "resize" if args.size is not None and args.fit == "error" else args.fit
     model = load_model(args.model, device=device, dtype=dtype)
     gen = torch.Generator().manual_seed(args.seed)  # drawn on the CPU: the same noise on any device
-    result = diffedit(model, picture, source, target, config, generator=gen, fit=args.fit, progress=not args.quiet)
+    result = diffedit(model, picture, source, target, config, generator=gen, fit=fit, progress=not args.quiet,
+                      max_side=args.size)
+    out = paths[0].parent
     out.mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
-    Image.fromarray(result.mask.astype("uint8") * 255).save(paths[0])
-    result.image.save(paths[1])
-    overview(result).save(paths[2])
+    mask = Image.fromarray(result.mask.astype("uint8") * 255)
+    save_all(zip([mask, result.image, overview(result)], paths), args.overwrite, inputs=[image])
     return out
+
+
+def run_demo(args) -> Path:
+    "The demo scene written as input.png into a new folder (or --out with --overwrite), then edited."
+    from .world.shapes import horse_scene, make_edit, render
+
+    scene = horse_scene()
+    edit = make_edit(scene, "pattern")
+    out = fresh_folder(args.out) if not args.overwrite else check_out_folder(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    input_path = out / "input.png"
+    picture = render(scene)[0]
+    if not is_picture(input_path, picture):  # a demo scene already there is reused; anything else is the user's
+        try:
+            save_new(picture, input_path)
+        except FileExistsError:
+            raise FileExistsError(f"--out {str(out)!r} already holds an input.png that is not the demo scene; "
+                                  f"choose another folder") from None
+    print(f"scene: {edit.source_prompt!r} -> {edit.target_prompt!r} (encoding {args.encoding}, guidance {args.guidance}, seed {args.seed})")
+    return run_edit(input_path, edit.source_prompt, edit.target_prompt, out, args)
+
+
+def is_picture(path: Path, picture) -> bool:
+    "True if `path` is a readable image file with exactly `picture`'s pixels."
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size == picture.size and np.array_equal(np.asarray(im.convert("RGB")), np.asarray(picture))
+    except (OSError, ValueError):
+        return False
+
+
+def print_warning(message, category, filename, lineno, file=None, line=None):
+    "How the CLI shows a warning: the package's as one `warning: ...` line, at once; the libraries' not at all."
+    if issubclass(category, DiffEditWarning):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -108,25 +164,19 @@ def main(argv=None) -> int:
     d.set_defaults(guidance=DEMO_GUIDANCE, seed=DEMO_SEED)
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():  # the program's own settings, put back when it returns
             warnings.simplefilter("always")
+            warnings.showwarning = print_warning
             if args.command == "edit":
-                out = run_edit(args.image, args.source, args.target, Path(args.out), args)
+                out = run_edit(args.image, args.source, args.target, args.out, args)
             else:
-                from .world.shapes import horse_scene, make_edit, render
-
-                scene = horse_scene()
-                edit = make_edit(scene, "pattern")
-                out = fresh_folder(Path(args.out)) if not args.overwrite else Path(args.out)
-                out.mkdir(parents=True, exist_ok=True)
-                input_path = out / "input.png"
-                render(scene)[0].save(input_path)
-                print(f"scene: {edit.source_prompt!r} -> {edit.target_prompt!r} (encoding {args.encoding}, guidance {args.guidance}, seed {args.seed})")
-                run_edit(input_path, edit.source_prompt, edit.target_prompt, out, args)
-        for w in caught:
-            if issubclass(w.category, UserWarning) and w.filename.find("diffedit_helpers") >= 0:
-                print(f"warning: {w.message}", file=sys.stderr)
+                out = run_demo(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
     except (ValueError, TypeError, FileExistsError, OSError, RuntimeError) as err:
+        if isinstance(err, ConfigError):
+            err = with_option(err)
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {', '.join(OUTPUT_FILES)} to {out}/")

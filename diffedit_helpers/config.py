@@ -18,6 +18,15 @@ ENCODINGS = ("noise", "inversion")
 STABLE_DIFFUSION_VAE_FACTOR = 8  # pixels per latent cell in every Stable Diffusion 1.x/2.x VAE
 # Stable Diffusion's defaults where they differ from the shapes world's: the paper's threshold
 STABLE_DIFFUSION = dict(threshold=0.5, refine=False)
+# upper bounds that hold for any image; `check_for_image` then bounds them by the image itself
+MAX_KERNEL = 4095  # blur and feather, pixels
+MAX_REFINE_RADIUS = 1024  # latent cells
+MAX_REFINE_EPS = 1.0  # the guide's colours are in [0, 1]: a larger ridge term flattens the map to its local mean
+MAX_GUIDANCE = 1000.0
+
+
+class DiffEditWarning(UserWarning):
+    "Every warning this package emits: something was changed for you, or the edit may not do what you expect."
 
 
 class ConfigError(ValueError):
@@ -84,12 +93,17 @@ class DiffEditConfig:
         self.feather = check_kernel("feather", self.feather)
         _check_bool("refine", self.refine)
         _check_int("refine_radius", self.refine_radius, 1)
+        if self.refine_radius > MAX_REFINE_RADIUS:
+            raise ConfigError("refine_radius", f"refine_radius must be an integer in [1, {MAX_REFINE_RADIUS}] (latent cells), "
+                                               f"got {self.refine_radius}")
         _check_real("refine_eps", self.refine_eps)
-        if not self.refine_eps > 0:
-            raise ConfigError("refine_eps", f"refine_eps must be > 0, got {self.refine_eps}")
+        if not 0 < self.refine_eps <= MAX_REFINE_EPS:
+            raise ConfigError("refine_eps", f"refine_eps must be > 0 and at most {MAX_REFINE_EPS:g} (larger flattens the map), "
+                                            f"got {self.refine_eps}")
         _check_real("guidance", self.guidance)
-        if self.guidance < 0:
-            raise ConfigError("guidance", f"guidance must be >= 0 (values <= 1 switch classifier-free guidance off), got {self.guidance}")
+        if not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise ConfigError("guidance", f"guidance must be >= 0 (values <= 1 switch classifier-free guidance off) and at most "
+                                          f"{MAX_GUIDANCE:g}, got {self.guidance}")
         _check_int("steps", self.steps, 1)
         _check_real("edit_start", self.edit_start)
         if not 0.0 <= self.edit_start < 1.0:
@@ -161,16 +175,34 @@ def check_threshold(value, name: str = "threshold") -> float:
 
 
 def check_kernel(name: str, value) -> int:
-    """A blur kernel size in pixels: 0 (off) or an odd integer >= 1. An even value is
-    rounded up to the next odd one with a warning; a negative one is an error."""
+    """A blur kernel size in pixels: 0 (off) or an odd integer in [1, MAX_KERNEL]. An even value
+    is rounded up to the next odd one with a warning; a negative or huge one is an error."""
     _check_real(name, value)
     if value < 0 or value != int(value):
         raise ConfigError(name, f"{name} must be 0 (off) or an odd whole number of pixels >= 1, got {value!r}")
+    if value > MAX_KERNEL:
+        raise ConfigError(name, f"{name} must be 0 (off) or an odd whole number of pixels >= 1 and at most {MAX_KERNEL}, got {value!r}")
     value = int(value)
     if value > 0 and value % 2 == 0:
-        warnings.warn(f"{name}={value} is even; rounded up to {value + 1} (kernels must be odd)", stacklevel=3)
+        warnings.warn(f"{name}={value} is even; rounded up to {value + 1} (kernels must be odd)", DiffEditWarning, stacklevel=3)
         value += 1
     return value
+
+
+def check_for_image(config: "DiffEditConfig", width: int, height: int, scale_factor: int | None = None):
+    """The settings measured in pixels, against a width x height image: a blur or feather kernel
+    wider than the image, or a refinement window (refine_radius latent cells of `scale_factor`
+    pixels; skipped when None) wider than it, only flattens the map. Raises ConfigError."""
+    side = max(width, height)
+    largest_kernel = side if side % 2 else side - 1
+    for name in ("blur", "feather"):
+        if getattr(config, name) > largest_kernel:
+            raise ConfigError(name, f"{name}={getattr(config, name)} is wider than the {width}x{height} image; "
+                                    f"use an odd kernel of at most {largest_kernel} pixels")
+    if scale_factor is not None and config.refine and config.refine_radius * scale_factor > side:
+        cells = max(1, side // scale_factor)
+        raise ConfigError("refine_radius", f"refine_radius={config.refine_radius} is {config.refine_radius * scale_factor} px, wider "
+                                           f"than the {width}x{height} image; use at most {cells} (latent cells of {scale_factor} px)")
 
 
 # ----------------------------------------------------------------------------- command-line options
@@ -207,6 +239,12 @@ def config_from_args(args: argparse.Namespace) -> DiffEditConfig:
     try:
         return DiffEditConfig(**values).validate()
     except ConfigError as e:
-        if e.field not in CONFIG_OPTIONS:
-            raise
-        raise ConfigError(e.field, f"{CONFIG_OPTIONS[e.field][0]}: {e}") from None
+        raise with_option(e) from None
+
+
+def with_option(error: ConfigError) -> ConfigError:
+    "The same error with its command-line option first (`--start: edit_start must be ...`), if it has one."
+    flag = CONFIG_OPTIONS.get(error.field, (None,))[0]
+    if flag is None or str(error).startswith(flag):
+        return error
+    return ConfigError(error.field, f"{flag}: {error}")

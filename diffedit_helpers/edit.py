@@ -25,13 +25,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import DiffEditConfig
+from .config import DiffEditConfig, DiffEditWarning, check_for_image
 from .images import fit_size, to_rgb
 from .latents import decode_to_images, encode_image
 from .mask import blur_mask, check_finite, latent_mask, make_mask, mask_maps
 from .models import as_model
 from .noising import add_noise, alpha_bar, draw_noise, guided_noise, make_scheduler, to_epsilon
-from .text import check_prompt, encode_prompts
+from .preflight import check_model, warn_before_editing
+from .text import check_prompt, encode_prompts, indistinct
 
 # the stages of one edit, in order (encoding: inversion or noising to the start level)
 STAGES = ("encode", "text", "mask", "encoding", "denoising", "decode", "composite")
@@ -162,39 +163,51 @@ def check_generator(generator):
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None (e.g. torch.Generator().manual_seed(0)), "
                         f"got {type(generator).__name__}")
+    if generator is not None and generator.device.type == "meta":
+        raise ValueError("generator is on the meta device, which holds no random numbers; use torch.Generator() (the CPU) "
+                         "or torch.Generator(model.device)")
 
 
-def prepare_inputs(model, image, source_prompt, target_prompt, config=None, fit: str = "error"):
+def prepare_inputs(model, image, source_prompt, target_prompt, config=None, fit: str = "error", max_side: int | None = None):
     """Every check `diffedit` makes before model work, for one image: returns (RGB image, validated
     copy of config). Raises ValueError/TypeError naming the bad argument. For other entry points
     that take the same arguments (a mask-only run, an evaluation)."""
     model = as_model(model)
     config = checked_config(config, model)
-    return _prepare(model, image, source_prompt, target_prompt, config, fit), config
+    check_model(model, config.steps)
+    return _prepare(model, image, source_prompt, target_prompt, config, fit, max_side), config
 
 
-def _prepare(model, image, source_prompt, target_prompt, config, fit):
-    "Check the prompts and the image (config already checked); no model work. Returns the RGB image."
+def _prepare(model, image, source_prompt, target_prompt, config, fit, max_side=None):
+    """Check the prompts and the image (config and model already checked); no model work. Returns
+    the RGB image. Warns when the text model cannot tell the prompts apart, when the model was never
+    trained on such an edit, and when the edit will be slow here."""
     check_prompt("source_prompt", source_prompt)
     check_prompt("target_prompt", target_prompt)
     f = model.vae_scale_factor
     image = to_rgb(image, "image", multiple=f)
     min_side = f * 2 ** (len(model.unet.config.block_out_channels) - 1)
-    image = fit_size(image, f, fit=fit, name="image", min_side=min_side)
+    image = fit_size(image, f, fit=fit, name="image", min_side=min_side, max_side=max_side)
+    check_for_image(config, image.width, image.height, f)
     if source_prompt.strip() == target_prompt.strip():
         warnings.warn("source_prompt and target_prompt are identical: the mask is empty and the image is returned unchanged",
-                      stacklevel=3)
+                      DiffEditWarning, stacklevel=3)
+    elif (why := indistinct(model, source_prompt, target_prompt)) is not None:
+        warnings.warn(f"source_prompt and target_prompt differ, but the text model cannot tell them apart: {why}; "
+                      f"the mask is empty and the image is returned unchanged", DiffEditWarning, stacklevel=3)
+    warn_before_editing(model, image, source_prompt, target_prompt, config)
     return image
 
 
 def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
              generator: torch.Generator | None = None, callback=None, fit: str = "error", progress: bool = True,
-             on_stage=None):
+             on_stage=None, max_side: int | None = None):
     """Edit `image` from `source_prompt` to `target_prompt` where the two disagree.
 
     image: a path, PIL image or array (or a list of them: a batch, each with its own mask;
         prompts may then be lists too). Sides must be multiples of the VAE scale factor
-        unless fit="resize" or fit="crop".
+        unless fit="resize" or fit="crop"; fit="resize" with `max_side` also shrinks a larger
+        picture until its longer side is at most that many pixels.
     generator: a torch.Generator for the noise; the same seed gives the same result. In a
         batch, every image starts from the generator's state, so it gets the result it
         would get alone.
@@ -206,13 +219,14 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
     model = as_model(model)
     config = checked_config(config, model)
     check_generator(generator)
+    check_model(model, config.steps)
     if isinstance(image, (list, tuple)):
         n = len(image)
         srcs = source_prompt if isinstance(source_prompt, (list, tuple)) else [source_prompt] * n
         tgts = target_prompt if isinstance(target_prompt, (list, tuple)) else [target_prompt] * n
         if len(srcs) != n or len(tgts) != n:
             raise ValueError(f"source_prompt and target_prompt lists must have one prompt per image ({n})")
-        prepared = [_prepare(model, im, s, t, config, fit) for im, s, t in zip(image, srcs, tgts)]  # all checks first
+        prepared = [_prepare(model, im, s, t, config, fit, max_side) for im, s, t in zip(image, srcs, tgts)]  # all checks first
         state = generator.get_state() if generator is not None else None
         results = []
         for im, s, t in zip(prepared, srcs, tgts):
@@ -220,7 +234,7 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
                 generator.set_state(state)
             results.append(_diffedit_one(model, im, s, t, config, generator, callback, progress, on_stage))
         return results
-    im = _prepare(model, image, source_prompt, target_prompt, config, fit)
+    im = _prepare(model, image, source_prompt, target_prompt, config, fit, max_side)
     return _diffedit_one(model, im, source_prompt, target_prompt, config, generator, callback, progress, on_stage)
 
 
@@ -249,6 +263,15 @@ def encode_inputs(model, image, source_prompt, target_prompt, on_stage=None):
     return x0, emb[0:1], emb[1:2], emb[2:3]
 
 
+def empty_mask_reason(diff_map: np.ndarray, config) -> str:
+    "Why a non-zero difference map gave an empty mask: no value (after the blur) is above the threshold."
+    peak = float(blur_mask(diff_map, config.blur).max())
+    after = f" after blur={config.blur}" if config.blur else ""
+    lower = "lower the threshold" + (" or the blur" if config.blur else "")
+    return (f"the mask is empty: no point of the difference map is above threshold={config.threshold:g} (its highest is "
+            f"{peak:.3g}{after}); the image is returned unchanged: {lower}")
+
+
 @torch.no_grad()
 def _diffedit_one(model, image, source_prompt, target_prompt, config, generator, callback, progress, on_stage):
     # 1. image -> latents (1, C, h, w); prompts -> embeddings (1, L, D) each: source, target, empty
@@ -261,6 +284,8 @@ def _diffedit_one(model, image, source_prompt, target_prompt, config, generator,
     result = dict(mask=mask, difference_map=diff_map, raw_map=raw_map, input_image=image, source_prompt=source_prompt,
                   target_prompt=target_prompt, config=config)
     if not mask.any():  # nothing to change (e.g. identical prompts): the input, untouched
+        if diff_map.any():  # the prompts differ, but the settings left nothing: say which
+            warnings.warn(empty_mask_reason(diff_map, config), DiffEditWarning, stacklevel=3)
         return DiffEditResult(image=image.copy(), **result)
     m = latent_mask(mask, x0.shape[-2:], x0.device, x0.dtype)  # (1, 1, h, w)
     # 3. encode the image to the start level: noised, or DDIM-inverted with the source prompt
@@ -275,7 +300,7 @@ def _diffedit_one(model, image, source_prompt, target_prompt, config, generator,
     with stage("denoising", on_stage):
         latents = masked_denoise(model, backgrounds[k0], backgrounds, m, tgt, unc, scheduler, k0, config.guidance,
                                  callback, progress)
-    check_finite(latents, "the edited latents", model)
+    check_finite(latents, "the edited latents", model, f"guidance={config.guidance:g}")
     # 5. back to pixels, pasted into the input through the feathered mask
     with stage("decode", on_stage):
         edited = decode_to_images(model, latents)[0]

@@ -8,11 +8,14 @@ Used from notebook 00_quickstart on (`to_rgb`), and by `diffedit` on every input
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import DiffEditWarning
 
 FITS = ("error", "resize", "crop")
 MAX_PIXELS = 2048 * 2048
@@ -26,9 +29,11 @@ def to_rgb(image, name: str = "image", max_pixels: int = MAX_PIXELS, multiple: i
     """An RGB PIL image from a path, a PIL image or an (H, W[, C]) array. Never modifies the input.
 
     RGBA/LA are composited on white, palette images converted, 16-bit and float images scaled
-    to 8 bits; each with a warning that says so. A file or array over `max_pixels` is refused
-    from its header or shape, before its pixels are decoded or copied; the size suggested
-    instead is a multiple of `multiple`.
+    to 8 bits; each with a warning that says so. A file is turned upright by its EXIF
+    orientation; of a multi-frame file (animated GIF, multi-page TIFF) only the first frame is
+    read, with a warning. A file or array over `max_pixels` is refused from its header or
+    shape, before its pixels are decoded or copied; the size suggested instead is a multiple
+    of `multiple`. Only regular files are read (never a FIFO or a device).
     """
     if isinstance(image, (str, os.PathLike)):
         image = _read_image(Path(image), name, max_pixels, multiple)
@@ -45,17 +50,31 @@ def _read_image(path: Path, name: str, max_pixels: int, multiple: int) -> Image.
     "Open an image file, check its size from the header, then decode it into memory."
     if not path.exists():
         raise ImageInputError(f"{name}: file {str(path)!r} does not exist")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a FIFO or a device would block or never end
+        raise ImageInputError(f"{name}: {str(path)!r} is not a regular file (a pipe, socket or device); pass an image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below if too large
             with Image.open(path) as im:
                 check_not_huge(*im.size, name, max_pixels, multiple)
+                frames = getattr(im, "n_frames", 1)
                 im.load()
-                return im.copy()
+                upright = ImageOps.exif_transpose(im) or im.copy()
+        if frames > 1:
+            warnings.warn(f"{name}: {str(path)!r} has {frames} frames (pages); only the first is edited",
+                          DiffEditWarning, stacklevel=4)
+        return upright
     except Image.DecompressionBombError as e:
         raise ImageInputError(f"{name}: {str(path)!r} is far larger than the limit of {max_pixels:,} pixels ({e})") from e
+    except ImageInputError:
+        raise
     except (UnidentifiedImageError, OSError) as e:
         raise ImageInputError(f"{name}: {str(path)!r} is not an image PIL can read ({type(e).__name__})") from e
+    except (ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as e:  # damaged files fail in many ways
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise ImageInputError(f"{name}: {str(path)!r} is damaged or not an image PIL can read "
+                              f"({type(e).__name__}{': ' + detail if detail else ''})") from e
 
 
 def check_not_huge(w: int, h: int, name: str = "image", max_pixels: int = MAX_PIXELS, multiple: int = 1):
@@ -76,7 +95,7 @@ def _array_to_pil(arr: np.ndarray, name: str) -> Image.Image:
     if arr.dtype == np.uint8:
         return Image.fromarray(arr)
     if arr.dtype == np.uint16:
-        warnings.warn(f"{name}: 16-bit image scaled to 8 bits", stacklevel=4)
+        warnings.warn(f"{name}: 16-bit image scaled to 8 bits", DiffEditWarning, stacklevel=4)
         return Image.fromarray((arr.astype(np.float32) / 257).round().astype(np.uint8))
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
@@ -93,31 +112,59 @@ def _pil_to_rgb(im: Image.Image, name: str) -> Image.Image:
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         if np.asarray(rgba)[..., 3].min() < 255:
-            warnings.warn(f"{name}: transparent pixels composited on white (alpha dropped)", stacklevel=4)
+            warnings.warn(f"{name}: transparent pixels composited on white (alpha dropped)", DiffEditWarning, stacklevel=4)
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(im).astype(np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        warnings.warn(f"{name}: {im.mode} image scaled to 8 bits", stacklevel=4)
-        arr8 = np.clip(arr / hi * 255, 0, 255).round().astype(np.uint8)
+        hi, why = value_scale(im.mode, float(np.nanmax(arr)) if arr.size else 0.0)
+        warnings.warn(f"{name}: {im.mode} image scaled to 8 bits from the range [0, {hi:g}] ({why})", DiffEditWarning, stacklevel=4)
+        arr8 = np.clip(np.nan_to_num(arr) / hi * 255, 0, 255).round().astype(np.uint8)
         return Image.fromarray(arr8).convert("RGB")
     return im.convert("RGB")
 
 
+def value_scale(mode: str, peak: float) -> tuple[float, str]:
+    """The value that means white in a 16-bit, 32-bit or float image of `mode` whose largest
+    value is `peak`, and why: [0, 1] floats, 0-255 levels (also in a 16-bit file), 16-bit levels."""
+    if mode == "F" and peak <= 1.0:
+        return 1.0, "its values are all in [0, 1]"
+    if peak <= 255:
+        return 255.0, "its values are all at most 255: read as 8-bit levels" + (", not 16-bit" if mode.startswith("I;16") else "")
+    if peak <= 65535:
+        return 65535.0, "16-bit levels"
+    return peak, "its values exceed 16 bits: divided by its largest value"
+
+
 def fit_size(image: Image.Image, multiple: int, fit: str = "error", name: str = "image", min_side: int | None = None,
-             max_pixels: int = MAX_PIXELS) -> Image.Image:
+             max_pixels: int = MAX_PIXELS, max_side: int | None = None) -> Image.Image:
     """Check (or make) both sides a multiple of `multiple` pixels (the VAE scale factor).
 
     fit: "error" (default) refuses a size that does not fit; "resize" scales to the nearest
-    multiples; "crop" cuts the right and bottom edges. Tiny and huge images are refused.
+    multiples, and first shrinks the picture so that its longer side is at most `max_side`
+    pixels when that is given; "crop" cuts the right and bottom edges. Tiny and huge images
+    are refused.
     """
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    if max_side is not None and fit != "resize":
+        raise ValueError(f"max_side={max_side} shrinks the picture, which only fit='resize' does (CLI: --size needs --fit resize)")
     w, h = image.size
     min_side = min_side or multiple
+    if max_side is not None:
+        if isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < min_side:
+            raise ValueError(f"max_side must be an integer >= {min_side} (this model's smallest side), got {max_side!r}")
     if w < min_side or h < min_side:
         raise ImageInputError(f"{name} is {w}x{h}; this model needs at least {min_side}x{min_side} pixels")
+    if max_side is not None and max(w, h) > max_side:
+        s = max_side / max(w, h)  # shrink first: a huge file is refused from its header before it gets here
+        nw, nh = (max(multiple, round(v * s / multiple) * multiple) for v in (w, h))
+        if min(nw, nh) < min_side:
+            raise ImageInputError(f"{name} is {w}x{h}; shrunk to a longer side of {max_side} it would be {nw}x{nh}, below this "
+                                  f"model's {min_side}x{min_side}: use a larger size")
+        warnings.warn(f"{name} resized from {w}x{h} to {nw}x{nh} (fit='resize', longer side at most {max_side})",
+                      DiffEditWarning, stacklevel=3)
+        return image.resize((nw, nh), Image.LANCZOS)
     check_not_huge(w, h, name, max_pixels, multiple)
     if w % multiple == 0 and h % multiple == 0:
         return image
@@ -128,8 +175,9 @@ def fit_size(image: Image.Image, multiple: int, fit: str = "error", name: str = 
         )
     if fit == "crop":
         nw, nh = w // multiple * multiple, h // multiple * multiple
-        warnings.warn(f"{name} cropped from {w}x{h} to {nw}x{nh} (fit='crop': right and bottom edges cut)", stacklevel=3)
+        warnings.warn(f"{name} cropped from {w}x{h} to {nw}x{nh} (fit='crop': right and bottom edges cut)", DiffEditWarning,
+                      stacklevel=3)
         return image.crop((0, 0, nw, nh))
     nw, nh = (max(multiple, round(v / multiple) * multiple) for v in (w, h))
-    warnings.warn(f"{name} resized from {w}x{h} to {nw}x{nh} (fit='resize')", stacklevel=3)
+    warnings.warn(f"{name} resized from {w}x{h} to {nw}x{nh} (fit='resize')", DiffEditWarning, stacklevel=3)
     return image.resize((nw, nh), Image.LANCZOS)

@@ -158,8 +158,12 @@ def mask_maps(model, image, x0, source_emb, target_emb, scheduler, config, gener
     return raw_map, refine_map(raw_map, image, radius, config.refine_eps)
 
 
-def check_finite(x: torch.Tensor, what: str, model):
-    "Refuse to turn NaN/inf (a half-precision overflow in the UNet) into a mask or a picture."
+def check_finite(x: torch.Tensor, what: str, model, setting: str | None = None):
+    """Refuse to turn NaN/inf into a mask or a picture: in half precision the UNet overflowed; in
+    float32 a `setting` (e.g. "guidance=1e+30") pushed the values past float32's range."""
     if not torch.isfinite(x).all():
-        hint = "; load the model with dtype=torch.float32" if model.dtype != torch.float32 else ""
+        if model.dtype != torch.float32:
+            hint = "; load the model with dtype=torch.float32"
+        else:
+            hint = f"; {setting} is too large for float32: use a smaller value" if setting else ""
         raise RuntimeError(f"the UNet produced NaN or inf in {model.dtype} ({what}){hint}")

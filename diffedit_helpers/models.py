@@ -23,13 +23,15 @@ from pathlib import Path
 
 import torch
 
+from .config import DiffEditWarning
+from .text import check_tokenizer
+
 BUNDLED_PATH = Path(__file__).parent / "bundled"
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 WEIGHTED = ("vae", "text_encoder", "unet")
 WEIGHT_FILES = ("*.safetensors", "*.bin")
 DEFAULT_SD_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 HALF_VARIANT = "fp16"  # the weights variant Stable Diffusion repositories publish for float16
-MIN_VOCAB = 1000  # a CLIP tokenizer knows 49,408 tokens; far fewer means a broken tokenizer folder
 SD_SIZE_PARAMETERS = 100_000_000  # a UNet this large is Stable Diffusion-sized: minutes per edit on a CPU
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LOAD_LOCK = threading.Lock()  # the libraries' log levels are process-wide: one load changes them at a time
@@ -93,7 +95,7 @@ class DiffEditModel:
                     name=str(name or type(pipe).__name__))
         check_architecture(model.name, model.vae.config, model.unet.config, model.text_encoder.config,
                            has_second_encoder=getattr(pipe, "text_encoder_2", None) is not None)
-        _check_tokenizer(model.name, model.tokenizer)
+        check_tokenizer(model)
         return model
 
 
@@ -252,16 +254,6 @@ def check_architecture(name: str, vae_config, unet_config, text_config, has_seco
                              f"embeddings; {supported}")
 
 
-def _check_tokenizer(name: str, tokenizer):
-    "Refuse a tokenizer that cannot tell prompts apart (an empty or broken tokenizer folder)."
-    size = len(tokenizer)
-    if size < MIN_VOCAB:
-        raise ModelLoadError(f"{name!r}: the tokenizer knows only {size} tokens (a CLIP tokenizer knows 49,408); "
-                             f"its tokenizer/ folder is incomplete")
-    if tokenizer("horse").input_ids == tokenizer("zebra").input_ids:
-        raise ModelLoadError(f"{name!r}: the tokenizer encodes 'horse' and 'zebra' identically; its tokenizer/ folder is broken")
-
-
 def _check_loading_info(name: str, component: str, info: dict):
     "Missing or unexpected weights are an error: random weights would edit nonsense silently."
     for kind in ("missing_keys", "unexpected_keys"):
@@ -315,8 +307,8 @@ def load_model(name_or_path: str | os.PathLike = "bundled", device=None, dtype=N
     vae, unet, text_encoder, tokenizer = components
     if tokenizer.model_max_length > 10_000:  # tokenizers saved without a limit
         tokenizer.model_max_length = text_encoder.config.max_position_embeddings
-    _check_tokenizer(name, tokenizer)
     model = DiffEditModel(vae, tokenizer, text_encoder, unet, scheduler_config, name=name)
+    check_tokenizer(model)
     for m in (vae, text_encoder, unet):
         m.requires_grad_(False).eval()
     if device != model.device:
@@ -359,7 +351,7 @@ def _load_from_hub(name, source, dtype, variants, hub):
         if "variant" not in str(e).lower() and f".{wanted}." not in str(e):
             raise
         warnings.warn(f"{name!r} has no {variants['unet']!r} weights variant; loading its full-precision weights "
-                      f"(a larger download) and converting them to {dtype}", stacklevel=4)
+                      f"(a larger download) and converting them to {dtype}", DiffEditWarning, stacklevel=4)
         return _load_components(name, source, dtype, {c: None for c in variants}, hub)
 
 
@@ -424,7 +416,7 @@ def _warn_if_slow(model: DiffEditModel):
     if n >= SD_SIZE_PARAMETERS:
         warnings.warn(f"{model.name!r} has a Stable Diffusion-size UNet ({n / 1e6:.0f} M parameters) on the CPU: a "
                       f"default 512-px edit takes about 18 minutes here; on a GPU pass device='cuda' (CLI: --device cuda)",
-                      stacklevel=3)
+                      DiffEditWarning, stacklevel=3)
 
 
 def auto_model_name() -> str:

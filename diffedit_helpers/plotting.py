@@ -47,13 +47,14 @@ def overlay(image, mask, colour=MASK_COLOUR, alpha=MASK_ALPHA) -> Image.Image:
 
 def image_grid(images, titles=None, ncols=None, scale=4, pad=4, title_height=14) -> Image.Image:
     """Images side by side (and in rows of `ncols`), each scaled up `scale` times with nearest
-    neighbours (small images stay crisp), a title above each. Returns one PIL image."""
+    neighbours (small images stay crisp; a scale below 1 shrinks them smoothly), a title above
+    each. Returns one PIL image."""
     arrays = [to_array(im) for im in images]
     n = len(arrays)
     ncols = ncols or n
     nrows = -(-n // ncols)
-    h = max(a.shape[0] for a in arrays) * scale
-    w = max(a.shape[1] for a in arrays) * scale
+    h = _scaled(max(a.shape[0] for a in arrays), scale)
+    w = _scaled(max(a.shape[1] for a in arrays), scale)
     th = title_height if titles else 0
     grid = Image.new("RGB", (ncols * (w + pad) + pad, nrows * (h + th + pad) + pad), "white")
     draw = ImageDraw.Draw(grid)
@@ -61,23 +62,33 @@ def image_grid(images, titles=None, ncols=None, scale=4, pad=4, title_height=14)
         r, c = divmod(i, ncols)
         x, y = pad + c * (w + pad), pad + r * (h + th + pad)
         im = Image.fromarray(a)
-        grid.paste(im.resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST), (x, y + th))
+        size = (_scaled(a.shape[1], scale), _scaled(a.shape[0], scale))
+        grid.paste(im.resize(size, Image.NEAREST if scale >= 1 else Image.BOX), (x, y + th))
         if titles:
             draw.text((x, y), str(titles[i]), fill="black")
     return grid
 
 
-def overview(result, panel: int = 256) -> Image.Image:
+def _scaled(side: int, scale: float) -> int:
+    return max(1, round(side * scale))
+
+
+OVERVIEW_PANEL = 256  # pixels on a panel's longer side
+OVERVIEW_MAX_SIDE = 4096  # pixels: any overview opens in any viewer (and in PIL, far below its bomb limit)
+
+
+def overview(result, panel: int = OVERVIEW_PANEL, pad=4, title_height=14) -> Image.Image:
     """input | difference map | mask | edit, for a DiffEditResult, each panel about `panel` pixels
-    on its longer side: small images are scaled up (nearest neighbours, a whole factor), large
-    ones down, so a 64-px scene and a 4-megapixel photo both give a picture about 1,000 px wide."""
-    panels = [result.input_image, result.difference_map, overlay(result.input_image, result.mask), result.image]
-    h, w = to_array(result.input_image).shape[:2]
-    if max(h, w) <= panel:
-        return image_grid(panels, titles=["input", "difference map", "mask", "edit"], scale=max(1, panel // max(h, w)))
-    size = (max(1, round(w * panel / max(h, w))), max(1, round(h * panel / max(h, w))))  # (width, height)
-    small = [Image.fromarray(to_array(p)).resize(size, Image.LANCZOS) for p in panels]
-    return image_grid(small, titles=["input", "difference map", "mask", "edit"], scale=1)
+    on its longer side: small images are scaled up by a whole factor (nearest neighbours, crisp),
+    large ones down, so a 64-px scene and a 4-megapixel photo both give a picture about 1,000 px
+    wide, far within OVERVIEW_MAX_SIDE."""
+    w, h = result.input_image.size
+    side = max(w, h)
+    scale = max(1, panel // side) if side <= panel else panel / side
+    return image_grid(
+        [result.input_image, result.difference_map, overlay(result.input_image, result.mask), result.image],
+        titles=["input", "difference map", "mask", "edit"], scale=scale, pad=pad, title_height=title_height,
+    )
 
 
 def show(images, titles=None, ncols=None, figsize_per=2.5, cmap=None, suptitle=None):

@@ -9,6 +9,9 @@ import warnings
 
 import torch
 
+from .config import DiffEditWarning
+
+MIN_VOCABULARY = 1000  # CLIP's has 49,408 tokens; a tokenizer folder missing its vocabulary loads with a handful
 
 def check_prompt(name: str, prompt) -> str:
     if not isinstance(prompt, str):
@@ -47,9 +50,40 @@ def tokenize(model, prompts: list[str], names: list[str] | None = None):
         if n > length:
             label = names[i] if names else f"prompt {p[:40]!r}..."
             warnings.warn(f"{label} has {n} tokens, more than the text model's limit of {length}: "
-                          f"truncated to {length} (the last {n - length} are ignored)", stacklevel=3)
+                          f"truncated to {length} (the last {n - length} are ignored)", DiffEditWarning, stacklevel=3)
     out = tok(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
     return out.input_ids, out.attention_mask
+
+
+def check_tokenizer(model):
+    """Refuse a tokenizer that cannot tell words apart (an empty or partial tokenizer/ folder
+    loads with a few tokens, and then every prompt encodes the same): no model work."""
+    from .models import ModelLoadError
+
+    tok = model.tokenizer
+    size = len(tok)
+    if size < MIN_VOCABULARY:
+        why = f"knows only {size} tokens (at least {MIN_VOCABULARY:,} expected; CLIP's has 49,408)"
+    elif tok("cat").input_ids == tok("dog").input_ids:
+        why = "encodes the different words 'cat' and 'dog' alike"
+    else:
+        return
+    raise ModelLoadError(f"model {model.name!r}: its tokenizer {why}, so every prompt would encode the same; "
+                         f"its tokenizer/ folder is incomplete (vocab.json, merges.txt): fetch it again")
+
+
+def indistinct(model, source_prompt: str, target_prompt: str) -> str | None:
+    """Why the text model cannot tell two different prompts apart, or None if it can: the same
+    tokens after lower-casing (the tokenizer ignores case and spacing), or a difference that
+    lies only past the text model's token limit (the prompts are truncated there)."""
+    tok = model.tokenizer
+    a, b = tok(source_prompt).input_ids, tok(target_prompt).input_ids
+    if a == b:
+        return "they are the same tokens after lower-casing (the tokenizer ignores case and spacing)"
+    n = model.max_prompt_tokens
+    if tok(source_prompt, max_length=n, truncation=True).input_ids == tok(target_prompt, max_length=n, truncation=True).input_ids:
+        return f"they differ only past the text model's limit of {n} tokens, where they are truncated"
+    return None
 
 
 @torch.no_grad()

@@ -37,3 +37,18 @@ def bundled():
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def cli_with_tiny_model(monkeypatch, tiny_model):
+    "The CLI loading the tiny random model (fast); `loads` counts the loads."
+    import diffedit_helpers.models as models
+
+    loads = []
+
+    def fake_load(name, device=None, dtype=None):
+        loads.append(name)
+        return tiny_model
+
+    monkeypatch.setattr(models, "load_model", fake_load)
+    return loads

@@ -464,21 +464,6 @@ def test_inputs_are_never_modified_in_memory(tiny_model):
     assert [r.input_image.mode for r in results] == ["RGB", "RGB"]
 
 
-@pytest.fixture
-def cli_with_tiny_model(monkeypatch, tiny_model):
-    "The CLI loading the tiny random model (fast); `loads` counts the loads."
-    import diffedit_helpers.models as models
-
-    loads = []
-
-    def fake_load(name, device=None, dtype=None):
-        loads.append(name)
-        return tiny_model
-
-    monkeypatch.setattr(models, "load_model", fake_load)
-    return loads
-
-
 def _cli_args(image, out, *extra):
     return ["edit", str(image), "--source", SRC, "--target", TGT, "--out", str(out), "--steps", "4", "--n-noise", "2",
             "--quiet", *extra]

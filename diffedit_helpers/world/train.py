@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 import time
@@ -32,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .shapes import random_scene, render
 from .sd_shaped import prefix_text_encoder_keys
+from .shapes import IMAGE_SIZE, random_scene, render
 from .tiny_model import TOKENIZER_SOURCE, build_components
 
 PIXEL_RANGE = 2.0  # pixels are trained in [-1, 1]: PSNR's peak is that range, 2 (peak squared 4)
@@ -192,8 +193,19 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, step
     unet.eval(), text_encoder.eval()
 
 
-def save_folder(out, comps, scaling_factor, dtype=torch.float16):
-    "Save in diffusers format (safetensors), weights stored in `dtype` to keep the package small."
+TRAINING_FILE = "training.json"  # what the model was trained on, read by diffedit_helpers.preflight
+
+
+def training_record(captions, image_size: int = IMAGE_SIZE) -> dict:
+    "What a model trained on these captions knows: its image size and the words of its captions."
+    words = sorted({w for c in captions for w in re.findall(r"[^\W_]+", c.lower())})
+    return {"image_size": [image_size, image_size], "about": "shapes-world scenes (captions like 'a red striped circle on grass')",
+            "words": words}
+
+
+def save_folder(out, comps, scaling_factor, dtype=torch.float16, captions=None, image_size: int = IMAGE_SIZE):
+    """Save in diffusers format (safetensors), weights stored in `dtype` to keep the package small;
+    with the training `captions`, also training.json (`training_record`)."""
     import diffusers
 
     out = Path(out)
@@ -220,6 +232,8 @@ def save_folder(out, comps, scaling_factor, dtype=torch.float16):
         "feature_extractor": [None, None], "requires_safety_checker": False,
     }
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    if captions is not None:
+        (tmp / TRAINING_FILE).write_text(json.dumps(training_record(captions, image_size), indent=1) + "\n")
     for name in ("vae", "unet", "text_encoder"):  # keep tokenizer sources if out is the bundle itself
         if (out / name).exists():
             shutil.rmtree(out / name)
@@ -276,7 +290,7 @@ def train(args):
     logger.info(f"encoded latents {tuple(latents.shape)}, std {raw.std().item():.3f} -> scaling factor {scaling:.4f}")
     train_unet(comps["unet"], comps["text_encoder"], comps["tokenizer"], latents, captions, comps["scheduler"],
                args.unet_steps, args.unet_batch, args.lr, gen, snr_gamma=args.snr_gamma, ema_decay=args.ema_decay)
-    save_folder(args.out, comps, scaling)
+    save_folder(args.out, comps, scaling, captions=captions, image_size=images.shape[1])
     logger.info(f"saved to {args.out}")
 
 
