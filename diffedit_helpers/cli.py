@@ -1,4 +1,5 @@
 """Command line: `python -m diffedit_helpers edit IMAGE --source ... --target ... --out DIR`
+(`--mask FILE` edits inside that mask, `--mask-only` stops after step 1),
 and `python -m diffedit_helpers demo` (a shapes-world horse -> zebra with the bundled model).
 
 Errors are one line on stderr and a non-zero exit, never a traceback. Existing files are
@@ -15,6 +16,7 @@ from pathlib import Path
 from .config import add_config_arguments, config_from_args
 
 OUTPUT_FILES = ("mask.png", "edited.png", "overview.png")
+MASK_ONLY_FILES = ("mask.png", "difference_map.png")  # --mask-only
 # the demo's settings, also those of the README picture (tools/make_readme_picture.py): guidance 12 and the
 # first seed whose zebra passes the held-out success check (with seeds 0 and 1 the legs stay grass)
 DEMO_GUIDANCE, DEMO_SEED = 12.0, 2
@@ -31,22 +33,23 @@ def _add_edit_options(p: argparse.ArgumentParser):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def check_inputs(image, source: str, target: str, out_paths: list[Path]):
-    "The prompts and the image file, checked before a model is loaded; the input is never an output."
+def check_inputs(image, source: str, target: str, out_paths: list[Path], mask=None):
+    "The prompts and the image file, checked before a model is loaded; an input (image, mask) is never an output."
     from .images import to_rgb
     from .text import check_prompt
 
-    check_prompt("--source", source)
+    check_prompt("--source", source, allow_empty=True)
     check_prompt("--target", target)
     for p in out_paths:
-        if p.exists() and p.resolve() == Path(image).resolve():
-            raise ValueError(f"--out {str(p.parent)!r} would overwrite the input image {str(image)!r}; choose another folder")
+        for what, given in (("input image", image), ("mask", mask)):
+            if given is not None and p.exists() and p.resolve() == Path(given).resolve():
+                raise ValueError(f"--out {str(p.parent)!r} would overwrite the {what} {str(given)!r}; choose another folder")
     return to_rgb(image, "image")
 
 
-def check_outputs(out: Path, overwrite: bool) -> list[Path]:
+def check_outputs(out: Path, overwrite: bool, names=OUTPUT_FILES) -> list[Path]:
     "The output paths in `out`; refuse (before any model work) if one exists and overwrite is off."
-    paths = [out / f for f in OUTPUT_FILES]
+    paths = [out / f for f in names]
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} is a file, not a folder")
     existing = [p.name for p in paths if p.exists()]
@@ -68,20 +71,31 @@ def fresh_folder(base: Path) -> Path:
 def run_edit(image, source, target, out: Path, args) -> Path:
     import torch
 
-    from .edit import diffedit
+    from PIL import Image
+
+    from .edit import diffedit, difference_map
+    from .mask import make_mask
     from .models import load_model
     from .plotting import overview
 
     config = config_from_args(args)
-    paths = check_outputs(out, args.overwrite)
-    picture = check_inputs(image, source, target, paths)
+    mask, mask_only = getattr(args, "mask", None), getattr(args, "mask_only", False)
+    if mask is not None and mask_only:
+        raise ValueError("--mask and --mask-only exclude each other: --mask skips the step --mask-only runs")
+    paths = check_outputs(out, args.overwrite, MASK_ONLY_FILES if mask_only else OUTPUT_FILES)
+    picture = check_inputs(image, source, target, paths, mask)
     model = load_model(args.model, device=args.device)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
-    result = diffedit(model, picture, source, target, config, generator=gen, fit=args.fit, progress=not args.quiet)
+    if mask_only:  # step 1 alone: the map and the mask the edit would use
+        diff_map = difference_map(model, picture, source, target, config, generator=gen, fit=args.fit)
+        out.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(make_mask(diff_map, config.threshold, config.blur, config.fill_holes).astype("uint8") * 255).save(paths[0])
+        Image.fromarray((diff_map * 255).round().astype("uint8")).save(paths[1])
+        return out
+    result = diffedit(model, picture, source, target, config, generator=gen, fit=args.fit, progress=not args.quiet,
+                      mask=mask)
     out.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    Image.fromarray(result.mask.astype("uint8") * 255).save(paths[0])
+    result.mask_image.save(paths[0])
     result.image.save(paths[1])
     overview(result).save(paths[2])
     return out
@@ -95,6 +109,10 @@ def main(argv=None) -> int:
     e.add_argument("--source", required=True, help="prompt describing the image now")
     e.add_argument("--target", required=True, help="prompt describing the image wanted")
     e.add_argument("--out", required=True, help="folder for mask.png, edited.png, overview.png")
+    e.add_argument("--mask", default=None, metavar="FILE",
+                   help="edit inside this mask (grey image at the image's size, white = edit) instead of computing one")
+    e.add_argument("--mask-only", action="store_true",
+                   help="stop after step 1: write mask.png and difference_map.png only")
     _add_edit_options(e)
     d = sub.add_parser("demo", help="edit a shapes-world horse into a zebra with the bundled model "
                                     f"(defaults here: --guidance {DEMO_GUIDANCE:g} --seed {DEMO_SEED}, as in the README picture)")
@@ -124,5 +142,6 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileExistsError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {', '.join(OUTPUT_FILES)} to {out}/")
+    names = MASK_ONLY_FILES if getattr(args, "mask_only", False) else OUTPUT_FILES
+    print(f"wrote {', '.join(names)} to {out}/")
     return 0
