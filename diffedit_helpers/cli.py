@@ -1,6 +1,7 @@
 """Command line: `python -m diffedit_helpers edit IMAGE --source ... --target ... --out DIR`
 (`--mask FILE` edits inside that mask, `--mask-only` stops after step 1),
-and `python -m diffedit_helpers demo` (a shapes-world horse -> zebra with the bundled model).
+`python -m diffedit_helpers batch JOBS.jsonl --out DIR` (many edits, see `batch`), and
+`python -m diffedit_helpers demo` (a shapes-world horse -> zebra with the bundled model).
 
 Errors are one line on stderr and a non-zero exit, never a traceback. Existing files are
 never overwritten unless --overwrite is given.
@@ -22,14 +23,15 @@ MASK_ONLY_FILES = ("mask.png", "difference_map.png")  # --mask-only
 DEMO_GUIDANCE, DEMO_SEED = 12.0, 2
 
 
-def _add_edit_options(p: argparse.ArgumentParser):
+def _add_edit_options(p: argparse.ArgumentParser, overwrite: bool = True):
     p.add_argument("--model", default="bundled", help="'bundled', a local diffusers SD folder, or a hub id (default: bundled)")
     add_config_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator (default 0; batch: of a job that gives none)")
     p.add_argument("--fit", choices=("error", "resize", "crop"), default="error",
                    help="what to do when a side is not a multiple of the VAE scale factor (default: error)")
-    p.add_argument("--device", default=None, help="torch device (default: cpu)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--device", default=None, help="torch device (default: cpu; batch: the one Accelerate gives each process)")
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -114,12 +116,21 @@ def main(argv=None) -> int:
     e.add_argument("--mask-only", action="store_true",
                    help="stop after step 1: write mask.png and difference_map.png only")
     _add_edit_options(e)
+    b = sub.add_parser("batch", help="run the edits of a JSON-lines file (under `accelerate launch`: split across processes)")
+    b.add_argument("jobs", help="JSON-lines file, one job a line: image, source, target, optional settings, seed, id, mask")
+    b.add_argument("--out", required=True, help="folder for <id>/edited.png, <id>/mask.png and manifest.jsonl")
+    b.add_argument("--retry-failed", action="store_true", help="run again the jobs the manifest records as failed")
+    _add_edit_options(b, overwrite=False)
     d = sub.add_parser("demo", help="edit a shapes-world horse into a zebra with the bundled model "
                                     f"(defaults here: --guidance {DEMO_GUIDANCE:g} --seed {DEMO_SEED}, as in the README picture)")
     d.add_argument("--out", default="outputs/demo", help="folder (a new one next to it if it exists; default outputs/demo)")
     _add_edit_options(d)
     d.set_defaults(guidance=DEMO_GUIDANCE, seed=DEMO_SEED)
     args = parser.parse_args(argv)
+    if args.command == "batch":
+        from .batch import main as batch_main
+
+        return batch_main(args)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
