@@ -1,5 +1,7 @@
 """Command line: `python -m diffedit_helpers edit IMAGE --source ... --target ... --out DIR`
-and `python -m diffedit_helpers demo` (a shapes-world horse -> zebra with the bundled model).
+(`--mask FILE` edits inside that mask, `--mask-only` stops after step 1),
+`python -m diffedit_helpers batch JOBS.jsonl --out DIR` (many edits, see `batch`), and
+`python -m diffedit_helpers demo` (a shapes-world horse -> zebra with the bundled model).
 
 Errors are one line on stderr and a non-zero exit, never a traceback; Ctrl-C prints
 `interrupted` and exits 130. Existing files are never overwritten unless --overwrite is given,
@@ -17,6 +19,7 @@ from .config import ConfigError, DiffEditWarning, add_config_arguments, check_fo
 from .outputs import check_not_input, check_out_folder, save_all, save_new
 
 OUTPUT_FILES = ("mask.png", "edited.png", "overview.png")
+MASK_ONLY_FILES = ("mask.png", "difference_map.png")  # --mask-only
 # the demo's settings, also those of the README picture (tools/make_readme_picture.py): guidance 12 and the
 # first seed whose zebra passes the held-out success check (with seeds 0 and 1 the legs stay grass)
 DEMO_GUIDANCE, DEMO_SEED = 12.0, 2
@@ -24,32 +27,33 @@ SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes
 INTERRUPTED = 130  # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
 
 
-def _add_edit_options(p: argparse.ArgumentParser):
+def _add_edit_options(p: argparse.ArgumentParser, overwrite: bool = True):
     p.add_argument("--model", default="bundled", help="'bundled', a local diffusers SD folder, or a hub id (default: bundled)")
     add_config_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator (default 0; batch: of a job that gives none)")
     p.add_argument("--fit", choices=("error", "resize", "crop"), default="error",
                    help="what to do when a side is not a multiple of the VAE scale factor (default: error)")
     p.add_argument("--size", type=int, default=None,
                    help="shrink a larger picture so that its longer side is at most this many pixels (implies --fit resize)")
     p.add_argument("--device", default="auto", help="torch device: cpu, cuda, cuda:1, ... (default auto: the GPU when "
-                                                   "this torch can run on it, else the CPU)")
+                                                   "this torch can run on it, else the CPU; batch: the one Accelerate gives each process)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"),
                    help="weights' precision (default auto: float16 on a GPU, float32 on the CPU and for the bundled model)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def check_inputs(image, source: str, target: str, out_paths: list[Path], config=None):
+def check_inputs(image, source: str, target: str, out_paths: list[Path], config=None, mask=None):
     """The prompts, the image file and the settings measured in pixels, checked before a model is
-    loaded; the input is never an output (by path or by inode)."""
+    loaded; an input (the image, a mask file) is never an output (by path or by inode)."""
     from .images import to_rgb
     from .text import check_prompt
 
-    check_prompt("--source", source)
+    check_prompt("--source", source, allow_empty=True)
     check_prompt("--target", target)
     for p in out_paths:
-        check_not_input(p, [image])
+        check_not_input(p, [f for f in (image, mask) if f is not None])
     picture = to_rgb(image, "image")
     if config is not None:
         check_for_image(config, *picture.size)
@@ -62,10 +66,10 @@ def check_seed(seed: int) -> int:
     return seed
 
 
-def check_outputs(out, overwrite: bool) -> list[Path]:
+def check_outputs(out, overwrite: bool, names=OUTPUT_FILES) -> list[Path]:
     "The output paths in `out`; refuse (before any model work) if `out` is unusable, or if one exists and overwrite is off."
     out = check_out_folder(out)
-    paths = [out / f for f in OUTPUT_FILES]
+    paths = [out / f for f in names]
     existing = [p.name for p in paths if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"--out {str(out)!r} already holds {', '.join(existing)}; choose a new folder or pass --overwrite")
@@ -86,27 +90,38 @@ def fresh_folder(base) -> Path:
 def run_edit(image, source, target, out, args) -> Path:
     import torch
 
-    from .edit import diffedit
+    from PIL import Image
+
+    from .edit import diffedit, difference_map
+    from .mask import make_mask
     from .models import load_model, resolve_device, resolve_dtype
     from .plotting import overview
 
     config = config_from_args(args)
+    mask, mask_only = getattr(args, "mask", None), getattr(args, "mask_only", False)
+    if mask is not None and mask_only:
+        raise ValueError("--mask and --mask-only exclude each other: --mask skips the step --mask-only runs")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device, args.model)
     check_seed(args.seed)
-    paths = check_outputs(out, args.overwrite)
-    picture = check_inputs(image, source, target, paths, config)
+    paths = check_outputs(out, args.overwrite, MASK_ONLY_FILES if mask_only else OUTPUT_FILES)
+    picture = check_inputs(image, source, target, paths, config, mask)
+    inputs = [f for f in (image, mask) if f is not None]
     fit = "resize" if args.size is not None and args.fit == "error" else args.fit
     model = load_model(args.model, device=device, dtype=dtype)
     gen = torch.Generator().manual_seed(args.seed)  # drawn on the CPU: the same noise on any device
-    result = diffedit(model, picture, source, target, config, generator=gen, fit=fit, progress=not args.quiet,
-                      max_side=args.size)
     out = paths[0].parent
+    if mask_only:  # step 1 alone: the map and the mask the edit would use
+        diff_map = difference_map(model, picture, source, target, config, generator=gen, fit=fit, max_side=args.size)
+        found = make_mask(diff_map, config.threshold, config.blur, config.fill_holes)
+        pictures = [Image.fromarray(found.astype("uint8") * 255), Image.fromarray((diff_map * 255).round().astype("uint8"))]
+        out.mkdir(parents=True, exist_ok=True)
+        save_all(zip(pictures, paths), args.overwrite, inputs=inputs)
+        return out
+    result = diffedit(model, picture, source, target, config, generator=gen, fit=fit, progress=not args.quiet,
+                      max_side=args.size, mask=mask)
     out.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    mask = Image.fromarray(result.mask.astype("uint8") * 255)
-    save_all(zip([mask, result.image, overview(result)], paths), args.overwrite, inputs=[image])
+    save_all(zip([result.mask_image, result.image, overview(result)], paths), args.overwrite, inputs=inputs)
     return out
 
 
@@ -156,13 +171,26 @@ def main(argv=None) -> int:
     e.add_argument("--source", required=True, help="prompt describing the image now")
     e.add_argument("--target", required=True, help="prompt describing the image wanted")
     e.add_argument("--out", required=True, help="folder for mask.png, edited.png, overview.png")
+    e.add_argument("--mask", default=None, metavar="FILE",
+                   help="edit inside this mask (grey image at the image's size, white = edit) instead of computing one")
+    e.add_argument("--mask-only", action="store_true",
+                   help="stop after step 1: write mask.png and difference_map.png only")
     _add_edit_options(e)
+    b = sub.add_parser("batch", help="run the edits of a JSON-lines file (under `accelerate launch`: split across processes)")
+    b.add_argument("jobs", help="JSON-lines file, one job a line: image, source, target, optional settings, seed, id, mask")
+    b.add_argument("--out", required=True, help="folder for <id>/edited.png, <id>/mask.png and manifest.jsonl")
+    b.add_argument("--retry-failed", action="store_true", help="run again the jobs the manifest records as failed")
+    _add_edit_options(b, overwrite=False)
     d = sub.add_parser("demo", help="edit a shapes-world horse into a zebra with the bundled model "
                                     f"(defaults here: --guidance {DEMO_GUIDANCE:g} --seed {DEMO_SEED}, as in the README picture)")
     d.add_argument("--out", default="outputs/demo", help="folder (a new one next to it if it exists; default outputs/demo)")
     _add_edit_options(d)
     d.set_defaults(guidance=DEMO_GUIDANCE, seed=DEMO_SEED)
     args = parser.parse_args(argv)
+    if args.command == "batch":
+        from .batch import main as batch_main
+
+        return batch_main(args)
     try:
         with warnings.catch_warnings():  # the program's own settings, put back when it returns
             warnings.simplefilter("always")
@@ -179,5 +207,6 @@ def main(argv=None) -> int:
             err = with_option(err)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {', '.join(OUTPUT_FILES)} to {out}/")
+    names = MASK_ONLY_FILES if getattr(args, "mask_only", False) else OUTPUT_FILES
+    print(f"wrote {', '.join(names)} to {out}/")
     return 0

@@ -248,3 +248,54 @@ def with_option(error: ConfigError) -> ConfigError:
     if flag is None or str(error).startswith(flag):
         return error
     return ConfigError(error.field, f"{flag}: {error}")
+
+
+# ----------------------------------------------------------------------------- diffusers' names
+# diffusers' argument -> our field; strength is the fraction of the schedule run, as in img2img
+DIFFUSERS_NAMES = {"num_inference_steps": "steps", "guidance_scale": "guidance", "strength": "edit_start"}
+
+
+def with_diffusers_names(config: DiffEditConfig, num_inference_steps=None, guidance_scale=None,
+                         strength=None) -> DiffEditConfig:
+    """A validated copy of `config` with diffusers' names applied (None: not given).
+
+    num_inference_steps -> steps, guidance_scale -> guidance, strength -> edit_start = 1 - strength,
+    rounded as diffusers' img2img rounds it: the last int(steps * strength) steps run. A config field
+    set away from its default and a diffusers name that disagrees with it raise ConfigError naming
+    both; a field left at its default gives way. A bad value names the diffusers argument.
+    """
+    config = _apply_names(config, {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale})
+    if strength is None:
+        return config
+    _check_real("strength", strength)
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError("strength", f"strength must be in (0, 1], the fraction of the schedule run "
+                                      f"(edit_start = 1 - strength); got {strength}")
+    skipped = config.steps - int(config.steps * strength)  # img2img's t_start
+    if config.edit_start != _D.edit_start and config.start_index != skipped:
+        raise ConfigError("strength", f"strength={strength!r} and config.edit_start={config.edit_start!r} disagree "
+                                      f"(steps {skipped} and {config.start_index} of {config.steps} to start from); pass one of them")
+    edit_start = skipped / config.steps
+    while int(edit_start * config.steps) < skipped:  # 29 / 100 * 100 is 28.999999999999996
+        edit_start = math.nextafter(edit_start, 1.0)
+    return _apply_names(config, {"strength": edit_start}, check=False)
+
+
+def _apply_names(config: DiffEditConfig, given: dict, check: bool = True) -> DiffEditConfig:
+    "Set each given diffusers name's field (after checking it agrees with the config), validate, name theirs in errors."
+    changes = {}
+    for theirs, value in given.items():
+        if value is None:
+            continue
+        ours = DIFFUSERS_NAMES[theirs]
+        current = getattr(config, ours)
+        if check and current != getattr(_D, ours) and current != value:
+            raise ConfigError(theirs, f"{theirs}={value!r} and config.{ours}={current!r} disagree; pass one of them")
+        changes[ours] = value
+    try:
+        return config.replace(**changes).validate()
+    except ConfigError as e:
+        if e.field not in changes:
+            raise
+        theirs = {v: k for k, v in DIFFUSERS_NAMES.items()}[e.field]
+        raise ConfigError(theirs, f"{theirs}: {e}") from None

@@ -11,7 +11,12 @@ ends exactly where it started.
 
 `diffedit` names its stages (STAGES) for profilers, as `torch.profiler.record_function`
 ranges "diffedit/<stage>", and for an optional `on_stage(stage, event)` hook ("start" or
-"end"), which is how the benchmarks time them.
+"end"), which is how the benchmarks time them. With a mask the caller brings (`mask=`), the
+"mask" stage still runs, but does no model work: it only takes that mask.
+
+`diffedit` also takes diffusers' argument names beside its own (`num_inference_steps`,
+`guidance_scale`, `strength`, `negative_prompt`, `output_type`, `callback_on_step_end`), and
+its result has diffusers' `.images` list and a `mask_image` inpainting pipelines accept.
 Taught in notebooks 06_masked_denoising and 07_limits_and_extensions (inversion, compositing).
 """
 
@@ -25,10 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import DiffEditConfig, DiffEditWarning, check_for_image
+from .config import DiffEditConfig, DiffEditWarning, check_for_image, with_diffusers_names
 from .images import fit_size, to_rgb
 from .latents import decode_to_images, encode_image
-from .mask import blur_mask, check_finite, latent_mask, make_mask, mask_maps
+from .mask import blur_mask, check_finite, latent_mask, make_mask, mask_maps, user_mask
 from .models import as_model
 from .noising import add_noise, alpha_bar, draw_noise, guided_noise, make_scheduler, to_epsilon
 from .preflight import check_model, warn_before_editing
@@ -36,6 +41,7 @@ from .text import check_prompt, encode_prompts, indistinct
 
 # the stages of one edit, in order (encoding: inversion or noising to the start level)
 STAGES = ("encode", "text", "mask", "encoding", "denoising", "decode", "composite")
+OUTPUT_TYPES = ("pil", "np", "pt")  # what `.images` holds, as diffusers' output_type
 
 
 @dataclass
@@ -49,7 +55,35 @@ class DiffEditResult:
     source_prompt: str
     target_prompt: str
     config: DiffEditConfig = field(default_factory=DiffEditConfig)
-    raw_map: np.ndarray | None = None  # (H, W) float32 in [0, 1]: the same before refinement
+    raw_map: np.ndarray | None = None  # (H, W) float32 in [0, 1]: the same before refinement (None: the caller's mask)
+    output_type: str = "pil"  # what `images` holds
+
+    @property
+    def mask_image(self) -> Image.Image:
+        """The mask as a PIL "L" image, 255 inside and 0 outside (diffusers' inpainting pipelines take it as it is)."""
+        return Image.fromarray(self.mask.astype(np.uint8) * 255)  # (H, W) uint8: mode "L"
+
+    @property
+    def images(self) -> list:
+        """[the edited image], as diffusers' pipelines return it, in `output_type`: "pil" a PIL image,
+        "np" an (H, W, 3) float32 array in [0, 1], "pt" a (3, H, W) float32 tensor in [0, 1]."""
+        return [as_output_type(self.image, self.output_type)]
+
+
+class DiffEditResults(list):
+    "The results of a batch, one per image, in order; `.images` holds every edited image (diffusers' shape)."
+
+    @property
+    def images(self) -> list:
+        return [r.images[0] for r in self]
+
+
+def as_output_type(image: Image.Image, output_type: str):
+    """A PIL image as diffusers' output_type gives it: "pil", "np" (H, W, 3) or "pt" (3, H, W), floats in [0, 1]."""
+    if output_type == "pil":
+        return image
+    arr = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
+    return arr if output_type == "np" else torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 @torch.no_grad()
@@ -84,14 +118,16 @@ def ddim_invert(model, latents, embeddings, scheduler, start_index: int = 0, unc
 
 @torch.no_grad()
 def masked_denoise(model, latents, backgrounds, mask, cond, uncond, scheduler, start_index: int = 0,
-                   guidance: float = 7.5, callback=None, progress: bool = False) -> torch.Tensor:
+                   guidance: float = 7.5, callback=None, progress: bool = False, step_end=None) -> torch.Tensor:
     """Denoise `latents` (B, C, h, w) from scheduler.timesteps[start_index] to clean, editing
     only inside `mask` (1, 1, h, w) in {0, 1}.
 
     backgrounds[k] holds the original latents at the level of timesteps[k] and
     backgrounds[-1] the clean latents: after the step from timesteps[k] the outside of the
     mask is set to backgrounds[k + 1], the level the latents have just reached.
-    callback(step, timestep, latents) is called after each step.
+    step_end(step, timestep, latents) -> latents, if given, is called after each step and what it
+    returns replaces the latents (diffusers' callback_on_step_end); then callback(step, timestep,
+    latents) is called.
     """
     from tqdm.auto import tqdm
 
@@ -105,6 +141,8 @@ def masked_denoise(model, latents, backgrounds, mask, cond, uncond, scheduler, s
         x = scheduler.step(eps, t, x).prev_sample
         # 3. outside the mask, the original at that same next level (clean after the last step)
         x = mask * x + (1 - mask) * backgrounds[k + 1]
+        if step_end is not None:
+            x = step_end(k - start_index, t, x)
         if callback is not None:
             callback(k - start_index, int(t), x)
     return x
@@ -117,17 +155,20 @@ def noised_backgrounds(scheduler, latents, noise, start_index: int) -> list:
     return levels + [latents]
 
 
-def feather_alpha(mask: np.ndarray, feather: int = 5) -> np.ndarray:
+def feather_alpha(mask: np.ndarray, feather: int = 5, inside: bool = False) -> np.ndarray:
     """The composite's blend weight, (H, W) float32 in [0, 1]: 1 on the mask, falling to 0
-    within `feather` pixels outside it (a Gaussian blur of the mask, never below the mask)."""
+    within `feather` pixels outside it (a Gaussian blur of the mask, never below the mask).
+    inside=True feathers within the mask instead (the blur, never above the mask): 0 everywhere
+    outside it, so a mask the caller brings is kept to the pixel."""
     m = np.asarray(mask, dtype=np.float32)
-    return np.maximum(m, blur_mask(m, feather))
+    return np.minimum(m, blur_mask(m, feather)) if inside else np.maximum(m, blur_mask(m, feather))
 
 
-def composite(image: Image.Image, edited: Image.Image, mask: np.ndarray, feather: int = 5) -> Image.Image:
-    """Paste the edit into the input through the feathered mask (`feather_alpha`): where the
-    weight is 0 the pixels are the input's, exactly."""
-    alpha = feather_alpha(mask, feather)[..., None]  # (H, W, 1)
+def composite(image: Image.Image, edited: Image.Image, mask: np.ndarray, feather: int = 5,
+              inside: bool = False) -> Image.Image:
+    """Paste the edit into the input through the feathered mask (`feather_alpha`, feathered
+    within the mask when `inside`): where the weight is 0 the pixels are the input's, exactly."""
+    alpha = feather_alpha(mask, feather, inside)[..., None]  # (H, W, 1)
     src = np.asarray(image, dtype=np.float32)
     out = src + alpha * (np.asarray(edited, dtype=np.float32) - src)
     out = np.where(alpha > 0, out, src)
@@ -178,18 +219,19 @@ def prepare_inputs(model, image, source_prompt, target_prompt, config=None, fit:
     return _prepare(model, image, source_prompt, target_prompt, config, fit, max_side), config
 
 
-def _prepare(model, image, source_prompt, target_prompt, config, fit, max_side=None):
+def _prepare(model, image, source_prompt, target_prompt, config, fit, max_side=None, has_mask: bool = False):
     """Check the prompts and the image (config and model already checked); no model work. Returns
-    the RGB image. Warns when the text model cannot tell the prompts apart, when the model was never
+    the RGB image. The source prompt may be empty: the map is then taken against the unconditional
+    prediction. Warns when the text model cannot tell the prompts apart, when the model was never
     trained on such an edit, and when the edit will be slow here."""
-    check_prompt("source_prompt", source_prompt)
+    check_prompt("source_prompt", source_prompt, allow_empty=True)
     check_prompt("target_prompt", target_prompt)
     f = model.vae_scale_factor
     image = to_rgb(image, "image", multiple=f)
     min_side = f * 2 ** (len(model.unet.config.block_out_channels) - 1)
     image = fit_size(image, f, fit=fit, name="image", min_side=min_side, max_side=max_side)
     check_for_image(config, image.width, image.height, f)
-    if source_prompt.strip() == target_prompt.strip():
+    if source_prompt.strip() == target_prompt.strip() and not has_mask:
         warnings.warn("source_prompt and target_prompt are identical: the mask is empty and the image is returned unchanged",
                       DiffEditWarning, stacklevel=3)
     elif (why := indistinct(model, source_prompt, target_prompt)) is not None:
@@ -201,50 +243,113 @@ def _prepare(model, image, source_prompt, target_prompt, config, fit, max_side=N
 
 def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
              generator: torch.Generator | None = None, callback=None, fit: str = "error", progress: bool = True,
-             on_stage=None, max_side: int | None = None):
+             on_stage=None, max_side: int | None = None, *, mask=None, negative_prompt: str | None = None,
+             num_inference_steps: int | None = None, guidance_scale: float | None = None, strength: float | None = None,
+             output_type: str = "pil", callback_on_step_end=None):
     """Edit `image` from `source_prompt` to `target_prompt` where the two disagree.
 
-    image: a path, PIL image or array (or a list of them: a batch, each with its own mask;
-        prompts may then be lists too). Sides must be multiples of the VAE scale factor
-        unless fit="resize" or fit="crop"; fit="resize" with `max_side` also shrinks a larger
-        picture until its longer side is at most that many pixels.
+    model: a DiffEditModel (`load_model`) or a loaded diffusers StableDiffusionPipeline.
+    image: a path, an http(s) URL, a PIL image, an array or a torch tensor (or a list of them:
+        a batch, each with its own mask; prompts, masks and negative prompts may then be lists
+        too). Sides must be multiples of the VAE scale factor unless fit="resize" or fit="crop";
+        fit="resize" with `max_side` also shrinks a larger picture until its longer side is at
+        most that many pixels.
+    source_prompt: may be empty (""): the map is then taken against the unconditional prediction.
     generator: a torch.Generator for the noise; the same seed gives the same result. In a
         batch, every image starts from the generator's state, so it gets the result it
         would get alone.
     callback(step, timestep, latents): called after every denoising step (previews).
     on_stage(stage, event): called with event "start" and "end" around each of STAGES.
-    model: a DiffEditModel (`load_model`) or a loaded diffusers StableDiffusionPipeline.
-    Returns a DiffEditResult (a list of them for a list of images).
+    mask: the caller's own mask instead of step 1: a bool array (H, W) at the image's size
+        (after `fit`), a float array in [0, 1] (binarised at 0.5: values >= 0.5 are inside), a
+        PIL "L" image, or a path to one (`mask.user_mask`); checked before any model work. The
+        "mask" stage then runs no model; the edit keeps to the mask exactly: with composite on,
+        the feather lies inside it and every pixel outside it is the input's.
+    diffusers' names, beside ours (a config field set away from its default must agree with them):
+        num_inference_steps (config.steps), guidance_scale (config.guidance), strength (the
+        fraction of the schedule run: config.edit_start = 1 - strength), negative_prompt (the
+        unconditional branch of guidance while denoising; the mask does not use it),
+        output_type ("pil", "np" or "pt": what `.images` holds), callback_on_step_end(pipe,
+        step, timestep, callback_kwargs) -> dict, with pipe the model and callback_kwargs
+        {"latents": (1, C, h, w)}; a "latents" entry in what it returns replaces them.
+    Returns a DiffEditResult (DiffEditResults, a list of them, for a list of images).
     """
     model = as_model(model)
-    config = checked_config(config, model)
+    config = with_diffusers_names(checked_config(config, model), num_inference_steps, guidance_scale, strength)
     check_generator(generator)
     check_model(model, config.steps)
-    if isinstance(image, (list, tuple)):
-        n = len(image)
-        srcs = source_prompt if isinstance(source_prompt, (list, tuple)) else [source_prompt] * n
-        tgts = target_prompt if isinstance(target_prompt, (list, tuple)) else [target_prompt] * n
-        if len(srcs) != n or len(tgts) != n:
-            raise ValueError(f"source_prompt and target_prompt lists must have one prompt per image ({n})")
-        prepared = [_prepare(model, im, s, t, config, fit, max_side) for im, s, t in zip(image, srcs, tgts)]  # all checks first
-        state = generator.get_state() if generator is not None else None
-        results = []
-        for im, s, t in zip(prepared, srcs, tgts):
-            if state is not None:
-                generator.set_state(state)
-            results.append(_diffedit_one(model, im, s, t, config, generator, callback, progress, on_stage))
-        return results
-    im = _prepare(model, image, source_prompt, target_prompt, config, fit, max_side)
-    return _diffedit_one(model, im, source_prompt, target_prompt, config, generator, callback, progress, on_stage)
+    check_callables(callback=callback, on_stage=on_stage, callback_on_step_end=callback_on_step_end)
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    step_end = None if callback_on_step_end is None else diffusers_step_end(model, callback_on_step_end)
+    batch = isinstance(image, (list, tuple))
+    images = list(image) if batch else [image]
+    n = len(images)
+    srcs, tgts = (per_image(p, n, batch, "source_prompt and target_prompt", "prompt") for p in (source_prompt, target_prompt))
+    negs, masks = per_image(negative_prompt, n, batch, "negative_prompt"), per_image(mask, n, batch, "mask")
+    prepared = []  # every check first, for the whole batch
+    for im, s, t, neg, m in zip(images, srcs, tgts, negs, masks):
+        if neg is not None:
+            check_prompt("negative_prompt", neg, allow_empty=True)
+        im = _prepare(model, im, s, t, config, fit, max_side, has_mask=m is not None)
+        if m is not None:
+            m = user_mask(m, (im.height, im.width))
+            if not m.any():
+                warnings.warn("mask is empty (nothing inside it): the image is returned unchanged", DiffEditWarning,
+                              stacklevel=2)
+        prepared.append((im, m))
+    state = generator.get_state() if generator is not None else None
+    results = DiffEditResults()
+    for (im, m), s, t, neg in zip(prepared, srcs, tgts, negs):
+        if state is not None:
+            generator.set_state(state)
+        results.append(_diffedit_one(model, im, s, t, config, generator, callback, progress, on_stage, m, neg,
+                                     step_end, output_type))
+    return results if batch else results[0]
+
+
+def per_image(value, n: int, batch: bool, name: str, what: str = "entry") -> list:
+    "One value per image: a list of n for a batch (anything else is shared by all n)."
+    if batch and isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name} lists must have one {what} per image ({n})")
+        return list(value)
+    return [value] * n
+
+
+def check_callables(**hooks):
+    "Each hook must be callable or None."
+    for name, hook in hooks.items():
+        if hook is not None and not callable(hook):
+            raise TypeError(f"{name} must be a function or None, got {type(hook).__name__}")
+
+
+def diffusers_step_end(pipe, callback_on_step_end):
+    """Our step_end(step, timestep, latents) -> latents from diffusers' callback_on_step_end(pipe,
+    step, timestep, callback_kwargs) -> dict: callback_kwargs is {"latents": latents}, and a
+    "latents" entry in the dict it returns replaces them (same shape; moved to their device and dtype)."""
+
+    def step_end(step, timestep, latents):
+        out = callback_on_step_end(pipe, step, timestep, {"latents": latents})
+        if not isinstance(out, dict):
+            raise TypeError(f"callback_on_step_end must return a dict (diffusers' convention), got {type(out).__name__}")
+        new = out.get("latents", latents)
+        if not isinstance(new, torch.Tensor) or new.shape != latents.shape:
+            raise ValueError(f"callback_on_step_end returned latents of shape {tuple(getattr(new, 'shape', ()))}; "
+                             f"they must keep the shape {tuple(latents.shape)}")
+        return new.to(device=latents.device, dtype=latents.dtype)
+
+    return step_end
 
 
 @torch.no_grad()
 def difference_map(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
-                   generator: torch.Generator | None = None, fit: str = "error", on_stage=None) -> np.ndarray:
+                   generator: torch.Generator | None = None, fit: str = "error", on_stage=None,
+                   max_side: int | None = None) -> np.ndarray:
     """Step 1 alone: the (H, W) float32 map in [0, 1] that `diffedit` thresholds into its mask
     (with the same generator state, the same map). Checks its inputs as `diffedit` does."""
     model = as_model(model)
-    image, config = prepare_inputs(model, image, source_prompt, target_prompt, config, fit)
+    image, config = prepare_inputs(model, image, source_prompt, target_prompt, config, fit, max_side)
     check_generator(generator)
     x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt, on_stage)
     with stage("mask", on_stage):
@@ -252,15 +357,17 @@ def difference_map(model, image, source_prompt, target_prompt, config: DiffEditC
 
 
 @torch.no_grad()
-def encode_inputs(model, image, source_prompt, target_prompt, on_stage=None):
+def encode_inputs(model, image, source_prompt, target_prompt, on_stage=None, negative_prompt=None):
     """The image latents (1, C, h, w) and the source, target and empty-prompt embeddings
     (1, L, D) each, encoded as one three-prompt batch (the same batch for every entry point,
-    so their maps agree bit for bit)."""
+    so their maps agree bit for bit). A non-empty `negative_prompt` is encoded on its own and
+    takes the empty prompt's place (the unconditional branch of guidance)."""
     with stage("encode", on_stage):
         x0 = encode_image(model, image)
     with stage("text", on_stage):
         emb = encode_prompts(model, [source_prompt, target_prompt, ""], names=["source_prompt", "target_prompt", ""])
-    return x0, emb[0:1], emb[1:2], emb[2:3]
+        unc = encode_prompts(model, [negative_prompt], names=["negative_prompt"]) if negative_prompt else emb[2:3]
+    return x0, emb[0:1], emb[1:2], unc
 
 
 def empty_mask_reason(diff_map: np.ndarray, config) -> str:
@@ -273,18 +380,22 @@ def empty_mask_reason(diff_map: np.ndarray, config) -> str:
 
 
 @torch.no_grad()
-def _diffedit_one(model, image, source_prompt, target_prompt, config, generator, callback, progress, on_stage):
-    # 1. image -> latents (1, C, h, w); prompts -> embeddings (1, L, D) each: source, target, empty
-    x0, src, tgt, unc = encode_inputs(model, image, source_prompt, target_prompt, on_stage)
+def _diffedit_one(model, image, source_prompt, target_prompt, config, generator, callback, progress, on_stage,
+                  given_mask=None, negative_prompt=None, step_end=None, output_type="pil"):
+    # 1. image -> latents (1, C, h, w); prompts -> embeddings (1, L, D) each: source, target, unconditional
+    x0, src, tgt, unc = encode_inputs(model, image, source_prompt, target_prompt, on_stage, negative_prompt)
     scheduler = make_scheduler(model, config.steps)
-    # 2. the mask: averaged noise-prediction differences, normalised, at image resolution
+    # 2. the mask: averaged noise-prediction differences, normalised, at image resolution; or the caller's
     with stage("mask", on_stage):
-        raw_map, diff_map = mask_maps(model, image, x0, src, tgt, scheduler, config, generator)
-        mask = make_mask(diff_map, config.threshold, config.blur, config.fill_holes)
+        if given_mask is None:
+            raw_map, diff_map = mask_maps(model, image, x0, src, tgt, scheduler, config, generator)
+            mask = make_mask(diff_map, config.threshold, config.blur, config.fill_holes)
+        else:  # no model work: the map is the caller's mask itself, 0 or 1
+            raw_map, diff_map, mask = None, given_mask.astype(np.float32), given_mask
     result = dict(mask=mask, difference_map=diff_map, raw_map=raw_map, input_image=image, source_prompt=source_prompt,
-                  target_prompt=target_prompt, config=config)
+                  target_prompt=target_prompt, config=config, output_type=output_type)
     if not mask.any():  # nothing to change (e.g. identical prompts): the input, untouched
-        if diff_map.any():  # the prompts differ, but the settings left nothing: say which
+        if given_mask is None and diff_map.any():  # the prompts differ, but the settings left nothing: say which
             warnings.warn(empty_mask_reason(diff_map, config), DiffEditWarning, stacklevel=3)
         return DiffEditResult(image=image.copy(), **result)
     m = latent_mask(mask, x0.shape[-2:], x0.device, x0.dtype)  # (1, 1, h, w)
@@ -299,12 +410,12 @@ def _diffedit_one(model, image, source_prompt, target_prompt, config, generator,
     # 4. masked denoising towards the target prompt
     with stage("denoising", on_stage):
         latents = masked_denoise(model, backgrounds[k0], backgrounds, m, tgt, unc, scheduler, k0, config.guidance,
-                                 callback, progress)
+                                 callback, progress, step_end)
     check_finite(latents, "the edited latents", model, f"guidance={config.guidance:g}")
     # 5. back to pixels, pasted into the input through the feathered mask
     with stage("decode", on_stage):
         edited = decode_to_images(model, latents)[0]
     if config.composite:
         with stage("composite", on_stage):
-            edited = composite(image, edited, mask, config.feather)
+            edited = composite(image, edited, mask, config.feather, inside=given_mask is not None)
     return DiffEditResult(image=edited, **result)

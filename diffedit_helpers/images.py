@@ -7,8 +7,11 @@ Used from notebook 00_quickstart on (`to_rgb`), and by `diffedit` on every input
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import stat
+import sys
 import warnings
 from pathlib import Path
 
@@ -35,6 +38,7 @@ def to_rgb(image, name: str = "image", max_pixels: int = MAX_PIXELS, multiple: i
     shape, before its pixels are decoded or copied; the size suggested instead is a multiple
     of `multiple`. Only regular files are read (never a FIFO or a device).
     """
+    image = from_url_or_tensor(image, name, max_pixels, multiple)
     if isinstance(image, (str, os.PathLike)):
         image = _read_image(Path(image), name, max_pixels, multiple)
     if isinstance(image, np.ndarray):
@@ -181,3 +185,64 @@ def fit_size(image: Image.Image, multiple: int, fit: str = "error", name: str = 
     nw, nh = (max(multiple, round(v / multiple) * multiple) for v in (w, h))
     warnings.warn(f"{name} resized from {w}x{h} to {nw}x{nh} (fit='resize')", DiffEditWarning, stacklevel=3)
     return image.resize((nw, nh), Image.LANCZOS)
+
+
+# ----------------------------------------------------------------------------- URLs and tensors, as diffusers takes them
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def from_url_or_tensor(image, name: str = "image", max_pixels: int = MAX_PIXELS, multiple: int = 1):
+    """An http(s) URL -> the PIL image it serves; a torch tensor, (C, H, W) or (1, C, H, W) with C
+    in 1, 3, 4 (uint8, or float in [0, 1] as diffusers' image processor takes it) -> an (H, W, C)
+    numpy array; anything else is returned as it is (for `to_rgb` to read)."""
+    if isinstance(image, str) and _URL.match(image):
+        return _fetch_image(image, name, max_pixels, multiple)
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
+    if torch is None or not isinstance(image, torch.Tensor):
+        return image
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise ImageInputError(f"{name}: a tensor holds one image, (C, H, W) or (1, C, H, W); got {tuple(image.shape)} "
+                                  "(pass a list of images for a batch)")
+        image = image[0]
+    if image.ndim == 3:
+        if image.shape[0] not in (1, 3, 4):
+            raise ImageInputError(f"{name}: tensors must be channels-first, (C, H, W) with C in 1, 3, 4; got {tuple(image.shape)}")
+        image = image.permute(1, 2, 0)
+    return image.detach().cpu().numpy()
+
+
+def fetch_url(url: str, timeout: float = 30.0, max_bytes: int = 256 * 2**20) -> bytes:
+    "The bytes an http(s) URL serves (standard library only); urllib's errors pass through."
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": "diffedit-lab"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        data = response.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(f"more than {max_bytes:,} bytes")
+    return data
+
+
+def _fetch_image(url: str, name: str, max_pixels: int, multiple: int) -> Image.Image:
+    "Fetch an http(s) URL (`fetch_url`) and decode it, its size checked from the header first."
+    import urllib.error
+
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise ImageInputError(f"{name}: only http:// and https:// URLs are accepted, got {scheme}:// ({url!r})")
+    try:
+        data = fetch_url(url)
+    except urllib.error.HTTPError as e:
+        raise ImageInputError(f"{name}: {url!r} answered HTTP {e.code} ({e.reason})") from e
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ImageInputError(f"{name}: could not fetch {url!r} ({reason}); offline? download it and pass the file") from e
+    try:
+        im = Image.open(io.BytesIO(data))
+        check_not_huge(*im.size, name, max_pixels, multiple)
+        im.load()
+        im = ImageOps.exif_transpose(im) or im  # upright, as a file is read
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        raise ImageInputError(f"{name}: {url!r} did not serve an image PIL can read ({type(e).__name__})") from e
+    return im

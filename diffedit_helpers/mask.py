@@ -7,7 +7,7 @@ the prompts agree (the background) the predictions match; where the image must c
 differ. The map is normalised to [0, 1] (`normalise_map`), upsampled to the image
 (`upsample_map`), optionally refined onto the image's edges (`refine_map`), then blurred,
 thresholded and its holes filled (`make_mask`); `mask_maps` runs the whole chain from encoded
-inputs, and `latent_mask` carries the mask back to the latent grid for steps 2 and 3 (`edit`).
+inputs, `user_mask` checks a mask the caller brings instead (no model work), and `latent_mask` carries the mask back to the latent grid for steps 2 and 3 (`edit`).
 Taught in notebooks 04_noise_to_mask and 05_threshold_and_blur.
 
 Classifier-free guidance does not change the map: with a shared unconditional prediction u,
@@ -17,11 +17,17 @@ so only the two conditional predictions are computed, and the normalisation remo
 
 from __future__ import annotations
 
+import os
+import warnings
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from .config import check_kernel, check_threshold
+from .config import DiffEditWarning, check_kernel, check_threshold
+from .images import MAX_PIXELS, _read_image
 from .noising import add_noise, draw_noise, predict_noise, timestep_at
 
 
@@ -128,6 +134,44 @@ def make_mask(diff_map: np.ndarray, threshold: float, blur: int = 0, holes: bool
     blur = check_kernel("blur", blur)
     mask = threshold_mask(blur_mask(diff_map, blur), threshold)
     return fill_holes(mask) if holes else mask
+
+
+def user_mask(mask, shape: tuple[int, int], name: str = "mask") -> np.ndarray:
+    """A mask the caller brings, checked and binarised: (H, W) bool at `shape` = (H, W).
+
+    mask: a bool array; a float array (or tensor) in [0, 1], binarised at 0.5 (values >= 0.5 are
+    inside, as in diffusers' inpainting); an integer array of 0 and 1; a PIL "L" or "1" image
+    (grey levels scaled to [0, 1], then binarised at 0.5; other modes are converted to "L" with
+    a warning); or a path to such an image. Raises ValueError/TypeError naming `name`; no model work.
+    """
+    if isinstance(mask, (str, os.PathLike)):
+        mask = _read_image(Path(mask), name, MAX_PIXELS, 1)
+    if isinstance(mask, Image.Image):
+        if mask.mode not in ("L", "1"):
+            warnings.warn(f"{name}: {mask.mode} image converted to grey (L)", DiffEditWarning, stacklevel=3)
+            mask = mask.convert("L")
+        mask = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"{name} must be a bool or float array, a PIL 'L' image or a path, got {type(mask).__name__}")
+    if mask.ndim != 2 or mask.shape != tuple(shape):
+        size = f"{mask.shape[1]}x{mask.shape[0]}" if mask.ndim == 2 else f"shape {mask.shape}"
+        raise ValueError(f"{name} is {size}, but it must be (H, W) at the image's size {shape[1]}x{shape[0]} (after fit)")
+    if mask.dtype == bool:
+        return mask.copy()
+    if np.issubdtype(mask.dtype, np.integer):
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError(f"{name}: integer arrays must hold only 0 and 1, got values in [{mask.min()}, {mask.max()}]; "
+                             "pass a float array in [0, 1] or a PIL 'L' image for grey levels")
+        return mask.astype(bool)
+    if not np.issubdtype(mask.dtype, np.floating):
+        raise TypeError(f"{name}: array dtype {mask.dtype} not supported (use bool, 0/1 integers or float in [0, 1])")
+    if not np.isfinite(mask).all():
+        raise ValueError(f"{name}: float values must be in [0, 1], got {int((~np.isfinite(mask)).sum())} NaN or inf")
+    if mask.min() < 0 or mask.max() > 1:
+        raise ValueError(f"{name}: float values must be in [0, 1], got [{mask.min():.3g}, {mask.max():.3g}]")
+    return mask >= 0.5
 
 
 def latent_mask(mask: np.ndarray, latent_size: tuple[int, int], device=None, dtype=torch.float32) -> torch.Tensor:

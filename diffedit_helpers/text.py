@@ -13,10 +13,12 @@ from .config import DiffEditWarning
 
 MIN_VOCABULARY = 1000  # CLIP's has 49,408 tokens; a tokenizer folder missing its vocabulary loads with a handful
 
-def check_prompt(name: str, prompt) -> str:
+def check_prompt(name: str, prompt, allow_empty: bool = False) -> str:
+    """A prompt must be a string; a blank one only where `allow_empty` (the source prompt: the
+    difference map is then taken against the unconditional, empty-prompt prediction)."""
     if not isinstance(prompt, str):
         raise TypeError(f"{name} must be a string, got {type(prompt).__name__}")
-    if not prompt.strip():
+    if not allow_empty and not prompt.strip():
         raise ValueError(f"{name} must be a non-empty string")
     return prompt
 
