@@ -231,14 +231,13 @@ def _prepare(model, image, source_prompt, target_prompt, config, fit, max_side=N
     min_side = f * 2 ** (len(model.unet.config.block_out_channels) - 1)
     image = fit_size(image, f, fit=fit, name="image", min_side=min_side, max_side=max_side)
     check_for_image(config, image.width, image.height, f)
-    if has_mask:  # the caller's mask: the prompts need not differ
-        pass
-    elif source_prompt.strip() == target_prompt.strip():
-        warnings.warn("source_prompt and target_prompt are identical: the mask is empty and the image is returned unchanged",
-                      DiffEditWarning, stacklevel=3)
-    elif (why := indistinct(model, source_prompt, target_prompt)) is not None:
-        warnings.warn(f"source_prompt and target_prompt differ, but the text model cannot tell them apart: {why}; "
-                      f"the mask is empty and the image is returned unchanged", DiffEditWarning, stacklevel=3)
+    if not has_mask:  # with the caller's mask the prompts need not differ
+        if source_prompt.strip() == target_prompt.strip():
+            warnings.warn("source_prompt and target_prompt are identical: the mask is empty and the image is returned "
+                          "unchanged", DiffEditWarning, stacklevel=3)
+        elif (why := indistinct(model, source_prompt, target_prompt)) is not None:
+            warnings.warn(f"source_prompt and target_prompt differ, but the text model cannot tell them apart: {why}; "
+                          f"the mask is empty and the image is returned unchanged", DiffEditWarning, stacklevel=3)
     warn_before_editing(model, image, source_prompt, target_prompt, config)
     return image
 
