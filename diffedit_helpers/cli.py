@@ -16,8 +16,8 @@ from .config import add_config_arguments, config_from_args
 
 OUTPUT_FILES = ("mask.png", "edited.png", "overview.png")
 # the demo's settings, also those of the README picture (tools/make_readme_picture.py): guidance 12 and the
-# first seed whose zebra passes the held-out success check (with seeds 0 and 1 the legs stay grass)
-DEMO_GUIDANCE, DEMO_SEED = 12.0, 2
+# first seed whose zebra passes the success check (world.metrics.edit_success; seeds 0-12 fail it)
+DEMO_GUIDANCE, DEMO_SEED = 12.0, 13
 
 
 def _add_edit_options(p: argparse.ArgumentParser):
