@@ -1,6 +1,6 @@
 # make demo   set up (first time) and edit a shapes-world horse into a zebra with the bundled model
 # make test   set up (first time) and run the tests and every notebook under nbval (also on an SD-shaped model)
-# make bench  regenerate the README's Results section (benchmarks/; about 25 minutes on one thread)
+# make bench  regenerate the README's Results section (benchmarks/; about an hour on one thread)
 # make train  retrain the bundled model from scratch (CPU, under an hour)
 
 PYTHON ?= python3

@@ -173,3 +173,47 @@ class UNetRecorder:
     @property
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
+
+
+# ----------------------------------------------------------------------------- the second peer: LEDITS++
+@dataclass(frozen=True)
+class LeditsSettings:
+    "LEDITS++'s own knobs (the rest follow our config: steps, guidance of the inversion)."
+    edit_guidance_scale: float = 5.0
+    edit_threshold: float = 0.9
+    skip: float = 0.15
+
+    def text(self) -> str:
+        return f"edit_guidance_scale={self.edit_guidance_scale:g}, edit_threshold={self.edit_threshold:g}, skip={self.skip:g}"
+
+
+def load_leditspp(folder, dtype=torch.float32, device="cpu"):
+    """diffusers' LEditsPPPipelineStableDiffusion from a local SD folder, with the multistep
+    DPM-Solver++ scheduler (algorithm "sde-dpmsolver++") that LEDITS++'s inversion needs."""
+    from diffusers import DPMSolverMultistepScheduler, LEditsPPPipelineStableDiffusion
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = LEditsPPPipelineStableDiffusion.from_pretrained(str(folder), torch_dtype=dtype, safety_checker=None,
+                                                               feature_extractor=None, requires_safety_checker=False)
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="sde-dpmsolver++",
+                                                                 solver_order=2)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def leditspp_invert(pipe, image, source_prompt, config, settings: LeditsSettings, generator):
+    "LEDITS++'s documented first call: invert `image` with the source prompt (our steps and guidance)."
+    pipe.invert(image=image, source_prompt=source_prompt, source_guidance_scale=config.guidance,
+                num_inversion_steps=config.steps, skip=settings.skip, generator=generator)
+
+
+def leditspp_edit(pipe, source_prompt, target_prompt, settings: LeditsSettings, generator):
+    """Its second call, on the last inverted image: towards the target prompt, away from the
+    source prompt (reverse direction), with its implicit masks (edit_threshold). A PIL image."""
+    scale, threshold = settings.edit_guidance_scale, settings.edit_threshold
+    return pipe(editing_prompt=[target_prompt, source_prompt], reverse_editing_direction=[False, True],
+                edit_guidance_scale=[scale, scale], edit_threshold=[threshold, threshold], generator=generator).images[0]

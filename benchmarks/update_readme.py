@@ -28,7 +28,8 @@ def results_section(results: Path = RESULTS, root: Path = ROOT) -> str:
         "## Results",
         "",
         "Measured on held-out scenes of the shapes world (never seen in training), against diffusers' "
-        "`StableDiffusionDiffEditPipeline` on the same bundled model and settings. Regenerate with `make bench` "
+        "`StableDiffusionDiffEditPipeline` and `LEditsPPPipelineStableDiffusion` (LEDITS++) on the same bundled model "
+        "and settings. Regenerate with `make bench` "
         "(the scripts are in `benchmarks/`; `benchmarks/gpu.py` times both at Stable Diffusion 1.5's size on a GPU).",
         "",
         section_from(results / "quality.md", prefix),

@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import gpu  # noqa: E402
+import quality  # noqa: E402
 import update_readme  # noqa: E402
 from peer import (  # noqa: E402
     PEER_RATIO,
@@ -25,6 +26,7 @@ from peer import (  # noqa: E402
 )
 
 from diffedit_helpers import DiffEditConfig, diffedit  # noqa: E402
+from diffedit_helpers.edit import composite  # noqa: E402
 from diffedit_helpers import edit as edit_module  # noqa: E402
 from diffedit_helpers import mask as mask_module  # noqa: E402
 from diffedit_helpers.world.shapes import horse_scene, render  # noqa: E402
@@ -111,3 +113,55 @@ def test_gpu_script_smoke_on_cpu(capsys):
 def test_gpu_script_exits_cleanly_without_cuda(capsys):
     assert gpu.main([]) == 0
     assert capsys.readouterr().out.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- the quality report's pieces
+def test_changed_region_is_where_the_output_moved_past_the_threshold():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    out = image.astype(np.float32) + rng.uniform(-10, 10, image.shape)  # decoder noise everywhere: not a change
+    out[4:8, 2:10] = 255 - image[4:8, 2:10]  # a real change, but where |255 - 2x| is small it stays below the threshold
+    changed = quality.changed_region(out, image)
+    expected = np.abs(out - image.astype(np.float32)).mean(-1) > quality.CHANGE_THRESHOLD
+    np.testing.assert_array_equal(changed, expected)
+    assert changed.dtype == bool and changed.shape == (16, 16)
+    assert not changed[~np.pad(np.ones((4, 8), bool), ((4, 8), (2, 6)))].any()  # nothing outside the changed block
+    assert changed[4:8, 2:10].mean() > 0.5
+    truth = np.zeros((16, 16), bool)
+    truth[4:8, 2:10] = True
+    assert quality.mask_iou(changed, truth) == pytest.approx(changed.sum() / truth.sum())
+
+
+def test_wilson_interval_matches_the_formula_and_its_limits():
+    lo, hi = quality.wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)  # the textbook values
+    lo, hi = quality.wilson_interval(0, 20)
+    assert lo == 0.0 and 0.1 < hi < 0.2  # never a zero-width interval at 0%
+    lo, hi = quality.wilson_interval(20, 20)
+    assert hi == 1.0 and 0.8 < lo < 0.9
+    assert quality.wilson_interval(0, 0) == (0.0, 1.0)
+    narrow, wide = quality.wilson_interval(60, 100), quality.wilson_interval(6, 10)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]  # more edits, a tighter interval
+
+
+def test_the_peer_pasted_through_its_mask_keeps_the_input_outside_it(image):
+    arr = np.asarray(image)
+    peer_out = np.clip(arr.astype(np.int16) + 40, 0, 255).astype(np.uint8)  # a peer that changed everything
+    mask = np.zeros(arr.shape[:2], bool)
+    mask[20:40, 20:40] = True
+    truth = mask.copy()
+    paste = composite(image, peer_out, mask, 5)
+    far = ~np.pad(np.ones((40, 40), bool), 12)  # 8 pixels or more from the mask: beyond the feather
+    np.testing.assert_array_equal(np.asarray(paste)[far], arr[far])
+    np.testing.assert_array_equal(np.asarray(paste)[mask], peer_out[mask])
+    assert quality.background_psnr(paste, image, truth) > quality.background_psnr(peer_out, image, truth)
+
+
+def test_latent_grid_ceiling_keeps_whole_cells_and_loses_partial_ones():
+    truth = np.zeros((16, 16), bool)
+    truth[0:4, 0:4] = True  # one whole cell
+    truth[4:6, 4:8] = True  # half a cell: kept (at least half)
+    truth[8:9, 8:12] = True  # a quarter of a cell: lost
+    grid = quality.latent_grid_mask(truth, 4)
+    assert grid[0:4, 0:4].all() and grid[4:8, 4:8].all() and not grid[8:12, 8:12].any()
+    assert grid.sum() == 32

@@ -176,6 +176,11 @@ def shape_mask(thing: Thing, size: int) -> np.ndarray:
     raise ValueError(f"shape must be one of {SHAPES}, got {thing.shape!r}")
 
 
+def pattern_period(thing: Thing) -> float:
+    "The period in pixels of the object's stripes (a fifth of its size) or dots (a quarter), at least 4 and 5 px."
+    return max(thing.size / 5, 4.0) if thing.pattern == "striped" else max(thing.size / 4, 5.0)
+
+
 def paint(thing: Thing, size: int) -> np.ndarray:
     "The object's colours over the whole canvas (its mask picks them), float32 (size, size, 3)."
     colour = np.array(COLOURS[thing.colour], np.float32)
@@ -184,10 +189,10 @@ def paint(thing: Thing, size: int) -> np.ndarray:
     if thing.pattern == "plain":
         use_second = np.zeros((size, size), bool)
     elif thing.pattern == "striped":  # vertical stripes, period about a fifth of the object
-        period = max(thing.size / 5, 4.0)
+        period = pattern_period(thing)
         use_second = ((x - thing.cx) / period) % 1 < 0.5
     elif thing.pattern == "dotted":
-        period = max(thing.size / 4, 5.0)
+        period = pattern_period(thing)
         fx, fy = ((x - thing.cx) / period) % 1 - 0.5, ((y - thing.cy) / period) % 1 - 0.5
         use_second = fx**2 + fy**2 < 0.22**2 * 2
     else:
