@@ -151,7 +151,8 @@ def show_maps(maps, titles=None, ncols=None, figsize_per=2.8, cmap="magma", vmin
     n = len(maps)
     ncols = ncols or n
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(figsize_per * ncols + 0.8, figsize_per * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(figsize_per * ncols + 0.8, figsize_per * nrows + 0.4), squeeze=False,
+                             layout="constrained")  # room for the titles and the bar
     for ax in axes.flat[n:]:
         ax.axis("off")
     for i, m in enumerate(maps):
@@ -165,7 +166,7 @@ def show_maps(maps, titles=None, ncols=None, figsize_per=2.8, cmap="magma", vmin
             ax.axis("off")
         if titles:
             ax.set_title(str(titles[i]), fontsize=9)
-    bar = fig.colorbar(shown, ax=list(axes.flat[:n]), fraction=0.03, pad=0.02)
+    bar = fig.colorbar(shown, ax=list(axes.flat), fraction=0.05, pad=0.02)
     if label:
         bar.set_label(label, fontsize=8)
     if suptitle:
