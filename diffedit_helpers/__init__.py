@@ -29,12 +29,22 @@ from .mask import (
     mask_maps,
     noise_difference,
     normalise_map,
+    post_recipe_mask,
     refine_map,
     threshold_mask,
     upsample_map,
 )
 from .models import BUNDLED_PATH, DiffEditModel, ModelLoadError, load_auto, load_model
-from .noising import add_noise, guided_noise, make_scheduler, predict_noise, timestep_at, to_epsilon
+from .noising import (
+    add_noise,
+    alpha_bar,
+    guided_noise,
+    make_scheduler,
+    predict_noise,
+    predicted_x0,
+    timestep_at,
+    to_epsilon,
+)
 from .text import encode_prompts, tokenize
 
 # the mask explorer (ipywidgets) is imported where it is used: `from diffedit_helpers.widgets import mask_explorer`
@@ -44,5 +54,6 @@ __all__ = [
     "tensor_to_images", "encode_prompts", "tokenize", "make_scheduler", "timestep_at", "add_noise", "predict_noise",
     "guided_noise", "noise_difference", "normalise_map", "upsample_map", "threshold_mask", "blur_mask", "fill_holes",
     "make_mask", "refine_map", "difference_map", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds",
-    "composite", "feather_alpha", "mask_maps", "to_epsilon", "to_rgb", "fit_size",
+    "composite", "feather_alpha", "mask_maps", "to_epsilon", "to_rgb", "fit_size", "predicted_x0", "alpha_bar",
+    "post_recipe_mask",
 ]

@@ -7,7 +7,10 @@ the prompts agree (the background) the predictions match; where the image must c
 differ. The map is normalised to [0, 1] (`normalise_map`), upsampled to the image
 (`upsample_map`), optionally refined onto the image's edges (`refine_map`), then blurred,
 thresholded and its holes filled (`make_mask`); `mask_maps` runs the whole chain from encoded
-inputs, `user_mask` checks a mask the caller brings instead (no model work), and `latent_mask` carries the mask back to the latent grid for steps 2 and 3 (`edit`).
+inputs, `user_mask` checks a mask the caller brings instead (no model work), and `latent_mask` carries the
+mask back to the latent grid for steps 2 and 3 (`edit`).
+`post_recipe_mask` is the other common recipe, for comparison: threshold the raw map, then blur
+the binary mask and keep everything above the threshold again, which grows it.
 Taught in notebooks 04_noise_to_mask and 05_threshold_and_blur.
 
 Classifier-free guidance does not change the map: with a shared unconditional prediction u,
@@ -172,6 +175,17 @@ def user_mask(mask, shape: tuple[int, int], name: str = "mask") -> np.ndarray:
     if mask.min() < 0 or mask.max() > 1:
         raise ValueError(f"{name}: float values must be in [0, 1], got [{mask.min():.3g}, {mask.max():.3g}]")
     return mask >= 0.5
+
+
+def post_recipe_mask(raw_map: np.ndarray, threshold: float = 0.1, blur: int = 7) -> np.ndarray:
+    """The threshold-then-blur recipe: binarise the unrefined map at `threshold`, blur that 0/1
+    mask with a Gaussian of `blur` pixels (odd), keep what is above `threshold` again.
+    With a low threshold the blur grows every region by a pixel or two and drops specks smaller
+    than the kernel. raw_map: (H, W) in [0, 1]; returns (H, W) bool."""
+    check_threshold(threshold)
+    blur = check_kernel("blur", blur)
+    binary = threshold_mask(raw_map, threshold).astype(np.float32)  # (H, W) in {0, 1}
+    return threshold_mask(blur_mask(binary, blur), threshold)
 
 
 def latent_mask(mask: np.ndarray, latent_size: tuple[int, int], device=None, dtype=torch.float32) -> torch.Tensor:

@@ -6,8 +6,10 @@ timestep from the noisiest down ("leading" spacing, plus the config's offset): f
 settings and 50 steps, 981, 961, ..., 1. Noising clean latents x0 to timestep t is
     x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise,
 abar_t the cumulative product of (1 - beta) up to t. The UNet predicts that noise (or, for
-v-prediction models, a velocity that `to_epsilon` turns back into noise).
-Taught in notebook 03_noising; the UNet calls in 04_noise_to_mask.
+v-prediction models, a velocity that `to_epsilon` turns back into noise). Solving the same line
+for x0 gives the clean latents a noise prediction implies (`predicted_x0`), the quantity every
+DDIM step and the DiffEdit map are built on.
+Taught in notebook 03_noising; the UNet calls in 04_noise_to_mask; DDIM steps in 06_masked_denoising.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ def alpha_bar(scheduler, timestep) -> torch.Tensor:
     "abar_t as a float32 scalar tensor; timestep -1 (before the first step) is 1 (clean)."
     t = int(timestep)
     return scheduler.alphas_cumprod[t].float() if t >= 0 else torch.tensor(1.0)
+
+
+def predicted_x0(scheduler, x_t: torch.Tensor, eps: torch.Tensor, timestep) -> torch.Tensor:
+    """The clean latents a noise prediction implies: x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t),
+    the forward process solved for x0. x_t, eps: (B, C, h, w) at `timestep`; returns (B, C, h, w)
+    float32. With the true noise it gives x0 back; a DDIM step re-noises it to the next level."""
+    abar = alpha_bar(scheduler, timestep).to(x_t.device)
+    return (x_t.float() - (1 - abar).sqrt() * eps.float()) / abar.sqrt()
 
 
 @torch.no_grad()

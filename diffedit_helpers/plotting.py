@@ -1,6 +1,8 @@
 """Pictures: grids of images, maps and masks, with titles. Takes PIL images, tensors or arrays.
 
-Used by every notebook; `overview` is the CLI's input | map | mask | edit picture.
+Used by every notebook; `overview` is the CLI's input | map | mask | edit picture. `outline` draws a
+mask so it shows on any background; `show` gives every map a colour bar; `show_maps` puts several
+maps on one shared scale, with axes if asked.
 """
 
 from __future__ import annotations
@@ -42,6 +44,34 @@ def overlay(image, mask, colour=MASK_COLOUR, alpha=MASK_ALPHA) -> Image.Image:
     img = to_array(image).astype(np.float32)
     m = np.asarray(mask, dtype=np.float32)[..., None] * alpha
     out = img * (1 - m) + np.array(colour, np.float32) * m
+    return Image.fromarray(out.round().astype(np.uint8))
+
+
+# outline colours to choose from: the one furthest from the pixels the outline covers is used
+OUTLINE_COLOURS = ((255, 255, 0), (0, 255, 255), (255, 0, 255), (255, 255, 255), (0, 0, 0), (255, 40, 40))
+
+
+def mask_edge(mask: np.ndarray) -> np.ndarray:
+    "The pixels of `mask` (H, W) with a 4-neighbour outside it (or on the border): (H, W) bool."
+    m = np.asarray(mask, dtype=bool)
+    inner = np.pad(m, 1, constant_values=False)
+    inner = inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
+    return m & ~inner
+
+
+def outline(image, mask, colour=None, dim: float = 0.5) -> Image.Image:
+    """The image with the outside of the mask darkened by `dim` and the mask's edge drawn in `colour`
+    (None: of OUTLINE_COLOURS, the one furthest from the pixels under the edge), so the mask shows
+    on any background. image: anything `to_array` takes, (H, W); mask: (H, W) bool."""
+    img = to_array(image).astype(np.float32)
+    m = np.asarray(mask, dtype=bool)
+    edge = mask_edge(m)
+    if colour is None:
+        under = img[edge] if edge.any() else img.reshape(-1, 3)
+        dist = [np.linalg.norm(under - np.array(c, np.float32), axis=-1).mean() for c in OUTLINE_COLOURS]
+        colour = OUTLINE_COLOURS[int(np.argmax(dist))]
+    out = np.where(m[..., None], img, img * (1 - dim))
+    out[edge] = colour
     return Image.fromarray(out.round().astype(np.uint8))
 
 
@@ -91,8 +121,9 @@ def overview(result, panel: int = OVERVIEW_PANEL, pad=4, title_height=14) -> Ima
     )
 
 
-def show(images, titles=None, ncols=None, figsize_per=2.5, cmap=None, suptitle=None):
-    "Show images in a matplotlib figure (for notebooks); returns the figure."
+def show(images, titles=None, ncols=None, figsize_per=2.5, cmap=None, suptitle=None, colorbar=True):
+    """Show images in a matplotlib figure (for notebooks); returns the figure. With `cmap`, a 2-D
+    float array is a map in [0, 1], drawn in that colour map with a colour bar (`colorbar`)."""
     import matplotlib.pyplot as plt
 
     images = list(images)
@@ -105,7 +136,9 @@ def show(images, titles=None, ncols=None, figsize_per=2.5, cmap=None, suptitle=N
     for i, im in enumerate(images):
         ax = axes.flat[i]
         if isinstance(im, np.ndarray) and im.ndim == 2 and im.dtype != bool and cmap:
-            ax.imshow(im, cmap=cmap, vmin=0, vmax=1)
+            shown = ax.imshow(im, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            if colorbar:
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
         else:
             ax.imshow(to_array(im), interpolation="nearest")
         if titles:
@@ -113,4 +146,40 @@ def show(images, titles=None, ncols=None, figsize_per=2.5, cmap=None, suptitle=N
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
+    return fig
+
+
+def show_maps(maps, titles=None, ncols=None, figsize_per=2.8, cmap="magma", vmin=None, vmax=None, label=None,
+              suptitle=None, axes_labels=None, aspect="equal"):
+    """Several 2-D maps on ONE shared colour scale (vmin..vmax, by default the smallest and largest
+    value of all of them) with one colour bar named `label`; returns the figure.
+    axes_labels=(x label, y label) keeps the axes and their ticks (e.g. positions x features)."""
+    import matplotlib.pyplot as plt
+
+    maps = [np.asarray(m.detach().float().cpu() if isinstance(m, torch.Tensor) else m, dtype=np.float32) for m in maps]
+    lo = float(min(m.min() for m in maps)) if vmin is None else vmin
+    hi = float(max(m.max() for m in maps)) if vmax is None else vmax
+    n = len(maps)
+    ncols = ncols or n
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(figsize_per * ncols + 0.8, figsize_per * nrows + 0.4), squeeze=False,
+                             layout="constrained")  # room for the titles and the bar
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for i, m in enumerate(maps):
+        ax = axes.flat[i]
+        shown = ax.imshow(m, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
+        if axes_labels:
+            ax.set_xlabel(axes_labels[0], fontsize=8)
+            ax.set_ylabel(axes_labels[1], fontsize=8)
+            ax.tick_params(labelsize=7)
+        else:
+            ax.axis("off")
+        if titles:
+            ax.set_title(str(titles[i]), fontsize=9)
+    bar = fig.colorbar(shown, ax=list(axes.flat), fraction=0.05, pad=0.02)
+    if label:
+        bar.set_label(label, fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
     return fig

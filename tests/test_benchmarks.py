@@ -165,3 +165,21 @@ def test_latent_grid_ceiling_keeps_whole_cells_and_loses_partial_ones():
     grid = quality.latent_grid_mask(truth, 4)
     assert grid[0:4, 0:4].all() and grid[4:8, 4:8].all() and not grid[8:12, 8:12].any()
     assert grid.sum() == 32
+
+
+def test_the_knob_sweep_runs_each_setting_once_and_guidance_leaves_the_mask_alone(tiny_model):
+    import knobs
+
+    from diffedit_helpers.world.evaluate import held_out_edits
+
+    edits = held_out_edits(2, cycle=True)
+    lines = []
+    out = knobs.sweep_knobs(tiny_model, edits, {"guidance": [1.0, 7.5], "seed": [0, 1]},
+                            base=DiffEditConfig(steps=4, n_noise=2), log=lines.append)
+    assert [r["value"] for r in out["guidance"]] == [1.0, 7.5] and [r["value"] for r in out["seed"]] == [0, 1]
+    assert len(lines) == 3  # guidance 7.5 at seed 0 is the same setting as seed 0: run once
+    assert out["guidance"][1] == {**out["seed"][0], "value": 7.5}
+    assert out["guidance"][0]["iou"] == out["guidance"][1]["iou"]  # the mask is drawn before guidance acts
+    for rows in out.values():
+        for r in rows:
+            assert 0 <= r["iou"] <= 1 and 0 <= r["success"] <= 1 and set(r["by_kind"]) == {"colour", "shape", "pattern"}

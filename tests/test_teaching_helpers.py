@@ -1,0 +1,84 @@
+"""The helpers the notebooks teach with: the clean latents a noise prediction implies, the
+threshold-then-blur recipe, and the pictures (outlined masks, maps on one scale)."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffedit_helpers import make_scheduler, post_recipe_mask, predicted_x0, threshold_mask
+from diffedit_helpers.noising import add_noise, alpha_bar
+from diffedit_helpers.plotting import OUTLINE_COLOURS, mask_edge, outline, show, show_maps
+
+
+@pytest.fixture(scope="module")
+def scheduler(tiny_model):
+    return make_scheduler(tiny_model, 50)
+
+
+def test_predicted_x0_from_the_true_noise_is_the_clean_latents(scheduler, gen):
+    x0 = torch.randn((2, 4, 8, 8), generator=gen)
+    noise = torch.randn((2, 4, 8, 8), generator=gen)
+    for t in (1, 481, 981):
+        x_t = add_noise(scheduler, x0, noise, t)
+        torch.testing.assert_close(predicted_x0(scheduler, x_t, noise, t), x0, atol=2e-4, rtol=1e-4)
+        wrong = predicted_x0(scheduler, x_t, torch.zeros_like(noise), t)
+        assert (wrong - x0).abs().max() > 0.01  # another noise gives another x0
+
+
+def test_a_ddim_step_is_x0_hat_renoised_to_the_next_level(scheduler, gen):
+    x_t = torch.randn((1, 4, 8, 8), generator=gen)
+    eps = torch.randn((1, 4, 8, 8), generator=gen)
+    for k in (0, 25, 49):
+        t = int(scheduler.timesteps[k])
+        t_next = int(scheduler.timesteps[k + 1]) if k + 1 < len(scheduler.timesteps) else -1
+        a_next = alpha_bar(scheduler, t_next) if t_next >= 0 else scheduler.final_alpha_cumprod.float()
+        by_hand = a_next.sqrt() * predicted_x0(scheduler, x_t, eps, t) + (1 - a_next).sqrt() * eps
+        torch.testing.assert_close(by_hand, scheduler.step(eps, t, x_t).prev_sample, atol=1e-5, rtol=1e-5)
+
+
+def test_the_post_recipe_grows_a_region_and_drops_a_speck():
+    raw = np.zeros((64, 64), np.float32)
+    raw[20:40, 20:40] = 0.5  # a 20 x 20 square above the threshold
+    raw[5, 50] = 0.9  # one isolated pixel
+    mask = post_recipe_mask(raw, threshold=0.1, blur=7)
+    assert mask.dtype == bool and mask.shape == raw.shape
+    ys, xs = np.nonzero(mask)
+    # a 7-px Gaussian (sigma 1.4) leaves > 0.1 up to 2 pixels outside a straight edge
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (18, 41, 18, 41)
+    assert mask[20:40, 20:40].all()  # never loses the thresholded region's inside
+    assert not mask[5, 50]  # a lone pixel blurs to 0.08 < 0.1
+    assert not mask[:, :16].any() and not mask[44:].any()
+
+
+def test_the_post_recipe_without_blur_is_the_threshold():
+    raw = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(post_recipe_mask(raw, 0.3, blur=0), threshold_mask(raw, 0.3))
+    with pytest.raises(ValueError, match="threshold"):
+        post_recipe_mask(raw, 1.5)
+
+
+def test_outline_draws_the_edge_and_darkens_only_the_outside():
+    image = np.full((16, 16, 3), 200, np.uint8)
+    image[..., 0] = 255  # a pinkish picture: red would vanish on it
+    mask = np.zeros((16, 16), bool)
+    mask[4:12, 4:12] = True
+    edge = mask_edge(mask)
+    assert edge.sum() == 28 and not edge[5:11, 5:11].any()  # the ring of an 8 x 8 square
+    out = np.asarray(outline(image, mask))
+    np.testing.assert_array_equal(out[5:11, 5:11], image[5:11, 5:11])  # inside untouched
+    assert (out[~mask] < image[~mask]).all()  # outside darker
+    colour = tuple(out[4, 4])
+    assert colour in OUTLINE_COLOURS and colour != (255, 40, 40)  # a colour far from the picture's
+    assert np.linalg.norm(np.array(colour, float) - image[0, 0]) > 200
+
+
+def test_maps_share_one_scale_and_have_a_colour_bar():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = show_maps([np.zeros((4, 4)), np.full((4, 4), 3.0)], ["a", "b"], label="value", axes_labels=("x", "y"))
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 2 and all(im.get_clim() == (0.0, 3.0) for im in images)
+    assert len(fig.axes) == 3 and fig.axes[-1].get_ylabel() == "value"  # two panels and the bar
+    fig2 = show([np.zeros((4, 4), np.float32), np.zeros((4, 4), bool)], cmap="magma")
+    assert len(fig2.axes) == 3  # a bar for the map, none for the mask
