@@ -330,10 +330,11 @@ def _check_loading_info(name: str, component: str, info: dict):
 # ----------------------------------------------------------------------------- loading
 def load_model(name_or_path: str | os.PathLike = "bundled", device=None, dtype=None, *, variant: str | None = None,
                revision: str | None = None, token=None, local_files_only: bool | None = None) -> DiffEditModel:
-    """Load VAE, tokenizer, text encoder and UNet, in eval mode, on `device` in `dtype`.
+    """Load VAE, tokenizer, text encoder and UNet (SDXL: and tokenizer_2, text_encoder_2), in eval
+    mode, on `device` in `dtype`.
 
-    name_or_path: "bundled" (the tiny shapes-world model), a local diffusers-format SD folder,
-        or a hub id (downloaded once into the Hugging Face cache; with HF_HUB_OFFLINE=1 or
+    name_or_path: "bundled" (the tiny shapes-world model), a local diffusers-format SD 1.x/2.x or
+        SDXL folder, or a hub id (downloaded once into the Hugging Face cache; with HF_HUB_OFFLINE=1 or
         local_files_only=True only the cache is read).
     device: defaults to the CPU; "auto" picks the GPU when this torch can run on it.
     dtype: defaults to float32; "auto" is float16 on a GPU; float16 needs CUDA.
