@@ -249,7 +249,8 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
              output_type: str = "pil", callback_on_step_end=None):
     """Edit `image` from `source_prompt` to `target_prompt` where the two disagree.
 
-    model: a DiffEditModel (`load_model`) or a loaded diffusers StableDiffusionPipeline.
+    model: a DiffEditModel (`load_model`) or a loaded diffusers StableDiffusionPipeline (or
+        StableDiffusionXLPipeline).
     image: a path, an http(s) URL, a PIL image, an array or a torch tensor (or a list of them:
         a batch, each with its own mask; prompts, masks and negative prompts may then be lists
         too). Sides must be multiples of the VAE scale factor unless fit="resize" or fit="crop";
@@ -362,12 +363,15 @@ def encode_inputs(model, image, source_prompt, target_prompt, on_stage=None, neg
     """The image latents (1, C, h, w) and the source, target and empty-prompt embeddings
     (1, L, D) each, encoded as one three-prompt batch (the same batch for every entry point,
     so their maps agree bit for bit). A non-empty `negative_prompt` is encoded on its own and
-    takes the empty prompt's place (the unconditional branch of guidance)."""
+    takes the empty prompt's place (the unconditional branch of guidance). SDXL's embeddings
+    (`text.XLEmbeddings`) carry time ids for the image's own size."""
+    size = (image.height, image.width)
     with stage("encode", on_stage):
         x0 = encode_image(model, image)
     with stage("text", on_stage):
-        emb = encode_prompts(model, [source_prompt, target_prompt, ""], names=["source_prompt", "target_prompt", ""])
-        unc = encode_prompts(model, [negative_prompt], names=["negative_prompt"]) if negative_prompt else emb[2:3]
+        emb = encode_prompts(model, [source_prompt, target_prompt, ""], names=["source_prompt", "target_prompt", ""],
+                             size=size)
+        unc = encode_prompts(model, [negative_prompt], names=["negative_prompt"], size=size) if negative_prompt else emb[2:3]
     return x0, emb[0:1], emb[1:2], unc
 
 

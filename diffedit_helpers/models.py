@@ -5,8 +5,12 @@ shapes world); `load_model("/path/to/sd-folder")` any local Stable Diffusion 1.x
 diffusers format; `load_model("stable-diffusion-v1-5/stable-diffusion-v1-5", "cuda", torch.float16)`
 a hub id (downloaded once, then read from the local cache, also offline);
 `DiffEditModel.from_pipe(pipe)` the components of a loaded diffusers `StableDiffusionPipeline`.
+Stable Diffusion XL folders (a second text encoder and tokenizer, `text_encoder_2/` and
+`tokenizer_2/`, and a UNet with `addition_embed_type == "text_time"`) load the same ways, and
+`from_pipe` takes a `StableDiffusionXLPipeline`; `text.encode_prompts` builds their conditioning.
 Everything a model needs is checked when it loads, not halfway through an edit: missing or
-unexpected weights, an inpainting UNet, a text encoder whose width the UNet cannot attend to.
+unexpected weights, an inpainting UNet, a text encoder whose width the UNet cannot attend to,
+half an SDXL model.
 Taught in notebook 00_quickstart (and used by every notebook through `load_auto`).
 """
 
@@ -29,6 +33,9 @@ from .text import check_tokenizer
 BUNDLED_PATH = Path(__file__).parent / "bundled"
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 WEIGHTED = ("vae", "text_encoder", "unet")
+XL_COMPONENTS = ("text_encoder_2", "tokenizer_2")  # what an SDXL folder has beside COMPONENTS
+XL_WEIGHTED = ("text_encoder_2",)
+XL_FORCE_ZEROS = True  # diffusers' StableDiffusionXLPipeline default for force_zeros_for_empty_prompt
 WEIGHT_FILES = ("*.safetensors", "*.bin")
 DEFAULT_SD_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 HALF_VARIANT = "fp16"  # the weights variant Stable Diffusion repositories publish for float16
@@ -51,6 +58,14 @@ class DiffEditModel:
     unet: "object"
     scheduler_config: dict
     name: str = "bundled"
+    tokenizer_2: "object" = None  # SDXL: the second tokenizer and text encoder (with projection), else None
+    text_encoder_2: "object" = None
+    force_zeros_for_empty_prompt: bool = False  # SDXL: the unconditional (blank) prompt's embedding is zeros
+
+    @property
+    def is_xl(self) -> bool:
+        "An SDXL model: two text encoders, pooled embeddings and time ids (`text.encode_prompts_xl`)."
+        return self.text_encoder_2 is not None
 
     @property
     def device(self) -> torch.device:
@@ -75,26 +90,38 @@ class DiffEditModel:
 
     @property
     def max_prompt_tokens(self) -> int:
-        return min(self.tokenizer.model_max_length, self.text_encoder.config.max_position_embeddings)
+        pairs = [(self.tokenizer, self.text_encoder)] + ([(self.tokenizer_2, self.text_encoder_2)] if self.is_xl else [])
+        return min(min(tok.model_max_length, enc.config.max_position_embeddings) for tok, enc in pairs)
+
+    @property
+    def text_encoders(self) -> tuple:
+        "The text encoders: one, or SDXL's two."
+        return (self.text_encoder, self.text_encoder_2) if self.is_xl else (self.text_encoder,)
 
     def to(self, device=None, dtype=None) -> "DiffEditModel":
-        for m in (self.vae, self.text_encoder, self.unet):
+        for m in (self.vae, *self.text_encoders, self.unet):
             m.to(device=device, dtype=dtype)
         return self
 
     @classmethod
     def from_pipe(cls, pipe) -> "DiffEditModel":
-        """The components of a loaded diffusers pipeline (a `StableDiffusionPipeline`, or any
-        pipeline with vae, tokenizer, text_encoder, unet and scheduler), shared, not copied."""
+        """The components of a loaded diffusers pipeline (a `StableDiffusionPipeline` or
+        `StableDiffusionXLPipeline`, or any pipeline with vae, tokenizer, text_encoder, unet and
+        scheduler, and for SDXL tokenizer_2 and text_encoder_2), shared, not copied."""
         missing = [c for c in COMPONENTS if getattr(pipe, c, None) is None]
         if missing:
             raise ModelLoadError(f"{type(pipe).__name__} has no {', '.join(missing)}: DiffEdit needs a Stable Diffusion "
-                                 f"1.x/2.x pipeline (vae, text_encoder, tokenizer, unet, scheduler)")
+                                 f"1.x/2.x or XL pipeline (vae, text_encoder, tokenizer, unet, scheduler)")
         name = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
+        text_encoder_2, tokenizer_2 = getattr(pipe, "text_encoder_2", None), getattr(pipe, "tokenizer_2", None)
+        check_architecture(str(name or type(pipe).__name__), pipe.vae.config, pipe.unet.config, pipe.text_encoder.config,
+                           has_second_encoder=text_encoder_2 is not None,
+                           text_config_2=getattr(text_encoder_2, "config", None), has_second_tokenizer=tokenizer_2 is not None)
+        xl = text_encoder_2 is not None
+        force_zeros = bool(getattr(getattr(pipe, "config", None), "force_zeros_for_empty_prompt", XL_FORCE_ZEROS)) and xl
         model = cls(pipe.vae, pipe.tokenizer, pipe.text_encoder, pipe.unet, dict(pipe.scheduler.config),
-                    name=str(name or type(pipe).__name__))
-        check_architecture(model.name, model.vae.config, model.unet.config, model.text_encoder.config,
-                           has_second_encoder=getattr(pipe, "text_encoder_2", None) is not None)
+                    name=str(name or type(pipe).__name__), tokenizer_2=tokenizer_2 if xl else None,
+                    text_encoder_2=text_encoder_2, force_zeros_for_empty_prompt=force_zeros)
         check_tokenizer(model)
         return model
 
@@ -105,7 +132,7 @@ def as_model(model) -> DiffEditModel:
         return model
     if all(hasattr(model, c) for c in ("vae", "unet", "text_encoder", "tokenizer", "scheduler")):
         return DiffEditModel.from_pipe(model)
-    raise TypeError(f"model must be a DiffEditModel (load_model) or a diffusers StableDiffusionPipeline, "
+    raise TypeError(f"model must be a DiffEditModel (load_model) or a diffusers StableDiffusion(XL)Pipeline, "
                     f"got {type(model).__name__}")
 
 
@@ -197,17 +224,18 @@ def looks_like_path(name: str) -> bool:
     return Path(name.split("/")[0]).is_dir()
 
 
-def _check_folder(path: Path):
+def _check_folder(path: Path, components=COMPONENTS, weighted=WEIGHTED):
+    "The folder holds `components` as subfolders, and weights in each of `weighted`."
     if not path.exists():
         raise ModelLoadError(f"model folder {str(path)!r} does not exist")
     if not path.is_dir():
         raise ModelLoadError(f"model path {str(path)!r} is a file, not a diffusers model folder")
-    missing = [c for c in COMPONENTS if not (path / c).is_dir()]
+    missing = [c for c in components if not (path / c).is_dir()]
     if missing:
         raise ModelLoadError(
             f"{str(path)!r} is not a diffusers Stable Diffusion folder: missing subfolder(s) {', '.join(missing)}"
         )
-    no_weights = [c for c in WEIGHTED if not any(next((path / c).glob(p), None) for p in WEIGHT_FILES)]
+    no_weights = [c for c in weighted if not any(next((path / c).glob(p), None) for p in WEIGHT_FILES)]
     if no_weights:
         raise ModelLoadError(f"{str(path)!r} has no weights (.safetensors or .bin) in {', '.join(c + '/' for c in no_weights)}")
 
@@ -233,25 +261,61 @@ def _read_json(path: Path, what: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- what is supported
-def check_architecture(name: str, vae_config, unet_config, text_config, has_second_encoder: bool = False):
-    """Refuse, with one line, what DiffEdit here cannot run: SDXL-style models (a second text
-    encoder, added time embeddings), inpainting UNets (extra input channels), a text encoder
-    whose width the UNet cannot attend to. Configs are dicts or config objects."""
-    get = lambda cfg, key, default=None: cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)  # noqa: E731
-    supported = "supported: Stable Diffusion 1.x/2.x text-to-image models (one CLIP text encoder, a 4-channel latent UNet)"
-    if has_second_encoder or get(unet_config, "addition_embed_type") == "text_time":
-        raise ModelLoadError(f"{name!r} is an SDXL-style model (two text encoders, time embeddings), not {supported}")
-    latent, unet_in = get(vae_config, "latent_channels"), get(unet_config, "in_channels")
+def _get(cfg, key, default=None):
+    "A config value, from a dict or a config object."
+    return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
+
+
+def check_architecture(name: str, vae_config, unet_config, text_config, has_second_encoder: bool = False,
+                       text_config_2=None, has_second_tokenizer: bool = False):
+    """Refuse, with one line, what DiffEdit here cannot run: half an SDXL model (a second text
+    encoder without its tokenizer or a "text_time" UNet, or such a UNet without them), inpainting
+    UNets (extra input channels), text encoders whose width the UNet cannot attend to, and an SDXL
+    UNet whose added embedding does not fit the time ids and text_encoder_2's projection.
+    Configs are dicts or config objects; text_config_2 is SDXL's text_encoder_2 config (None: none)."""
+    supported = ("supported: Stable Diffusion 1.x/2.x text-to-image models (one CLIP text encoder, a 4-channel latent "
+                 "UNet) and SDXL base models (two CLIP text encoders and tokenizers, a 'text_time' UNet)")
+    text_time = _get(unet_config, "addition_embed_type") == "text_time"
+    if has_second_encoder or text_config_2 is not None or text_time:
+        lacks = [what for what, has in (("no text_encoder_2/ (a second text encoder with its config)", text_config_2 is not None),
+                                        ("no tokenizer_2/", has_second_tokenizer),
+                                        ("a UNet without addition_embed_type 'text_time'", text_time)) if not has]
+        if lacks:
+            raise ModelLoadError(f"{name!r} is an SDXL-style model (two text encoders, time embeddings), but it has "
+                                 f"{', '.join(lacks)}; {supported}")
+    latent, unet_in = _get(vae_config, "latent_channels"), _get(unet_config, "in_channels")
     if unet_in != latent:
         kind = "an inpainting UNet" if unet_in == 2 * latent + 1 else "a UNet"
         raise ModelLoadError(f"{name!r} has {kind} with {unet_in} input channels, but its VAE makes {latent}-channel "
                              f"latents; {supported}")
-    width, attends = get(text_config, "hidden_size"), get(unet_config, "cross_attention_dim")
+    attends = _get(unet_config, "cross_attention_dim")
     if isinstance(attends, (list, tuple)):
         attends = attends[0]
-    if width != attends:
-        raise ModelLoadError(f"{name!r}: the text encoder is {width} wide but the UNet attends to {attends}-wide "
-                             f"embeddings; {supported}")
+    if text_config_2 is None:
+        width = _get(text_config, "hidden_size")
+        if width != attends:
+            raise ModelLoadError(f"{name!r}: the text encoder is {width} wide but the UNet attends to {attends}-wide "
+                                 f"embeddings; {supported}")
+        return
+    check_xl_widths(name, unet_config, text_config, text_config_2, attends, supported)
+
+
+def check_xl_widths(name: str, unet_config, text_config, text_config_2, attends: int, supported: str):
+    """SDXL: the UNet attends to both encoders' states side by side (D1 + D2 wide), and its added
+    embedding reads the time ids (addition_time_embed_dim each) and text_encoder_2's projection."""
+    from .text import TIME_IDS
+
+    widths = _get(text_config, "hidden_size"), _get(text_config_2, "hidden_size")
+    if sum(widths) != attends:
+        raise ModelLoadError(f"{name!r}: the text encoders are {widths[0]} + {widths[1]} = {sum(widths)} wide but the "
+                             f"UNet attends to {attends}-wide embeddings; {supported}")
+    time_dim, pooled = _get(unet_config, "addition_time_embed_dim"), _get(text_config_2, "projection_dim")
+    added = _get(unet_config, "projection_class_embeddings_input_dim")
+    if time_dim is None or pooled is None or len(TIME_IDS) * time_dim + pooled != added:
+        raise ModelLoadError(f"{name!r}: the UNet's added embedding reads {added} values, but {len(TIME_IDS)} time ids of "
+                             f"{time_dim} and text_encoder_2's {pooled}-wide projection make "
+                             f"{len(TIME_IDS) * (time_dim or 0) + (pooled or 0)} (a refiner, or mixed components); "
+                             f"{supported}")
 
 
 def _check_loading_info(name: str, component: str, info: dict):
@@ -266,10 +330,11 @@ def _check_loading_info(name: str, component: str, info: dict):
 # ----------------------------------------------------------------------------- loading
 def load_model(name_or_path: str | os.PathLike = "bundled", device=None, dtype=None, *, variant: str | None = None,
                revision: str | None = None, token=None, local_files_only: bool | None = None) -> DiffEditModel:
-    """Load VAE, tokenizer, text encoder and UNet, in eval mode, on `device` in `dtype`.
+    """Load VAE, tokenizer, text encoder and UNet (SDXL: and tokenizer_2, text_encoder_2), in eval
+    mode, on `device` in `dtype`.
 
-    name_or_path: "bundled" (the tiny shapes-world model), a local diffusers-format SD folder,
-        or a hub id (downloaded once into the Hugging Face cache; with HF_HUB_OFFLINE=1 or
+    name_or_path: "bundled" (the tiny shapes-world model), a local diffusers-format SD 1.x/2.x or
+        SDXL folder, or a hub id (downloaded once into the Hugging Face cache; with HF_HUB_OFFLINE=1 or
         local_files_only=True only the cache is read).
     device: defaults to the CPU; "auto" picks the GPU when this torch can run on it.
     dtype: defaults to float32; "auto" is float16 on a GPU; float16 needs CUDA.
@@ -285,36 +350,59 @@ def load_model(name_or_path: str | os.PathLike = "bundled", device=None, dtype=N
     if name == "bundled" or looks_like_path(name):
         _check_folder(path)
         source, hub = str(path), {}
-        variants = {c: variant or _local_variant(path / c) for c in WEIGHTED}
-        arch = [_read_json(path / c / "config.json", f"{c} config") for c in ("vae", "unet", "text_encoder")]
-        check_architecture(name, *arch, has_second_encoder=(path / "text_encoder_2").is_dir())
+        xl = _check_local_architecture(name, path)
+        weighted = WEIGHTED + (XL_WEIGHTED if xl else ())
+        variants = {c: variant or _local_variant(path / c) for c in weighted}
+        force_zeros = xl and _local_force_zeros(path)
     else:
         offline = bool(local_files_only) or _offline()
         source, hub = name, dict(revision=revision, token=token, local_files_only=offline)
         wanted = variant or (HALF_VARIANT if dtype == torch.float16 else None)
-        variants = {c: wanted for c in WEIGHTED}
+        variants = {c: wanted for c in WEIGHTED + XL_WEIGHTED}
     try:
         with _quiet_loading():
             if not hub:
-                components = _load_components(name, source, dtype, variants, hub)
+                components = _load_components(name, source, dtype, variants, hub, xl)
             else:
-                components = _load_from_hub(name, source, dtype, variants, hub)
+                components, force_zeros = _load_from_hub(name, source, dtype, variants, hub)
         scheduler_config = _read_scheduler_config(source, hub)
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001 - one clear line instead of a library traceback
         raise _load_error(name, e, hub) from e
-    vae, unet, text_encoder, tokenizer = components
-    if tokenizer.model_max_length > 10_000:  # tokenizers saved without a limit
-        tokenizer.model_max_length = text_encoder.config.max_position_embeddings
-    model = DiffEditModel(vae, tokenizer, text_encoder, unet, scheduler_config, name=name)
+    for tok, enc in ((components["tokenizer"], components["text_encoder"]),
+                     (components.get("tokenizer_2"), components.get("text_encoder_2"))):
+        if tok is not None and tok.model_max_length > 10_000:  # tokenizers saved without a limit
+            tok.model_max_length = enc.config.max_position_embeddings
+    model = DiffEditModel(name=name, scheduler_config=scheduler_config, force_zeros_for_empty_prompt=force_zeros,
+                          **components)
     check_tokenizer(model)
-    for m in (vae, text_encoder, unet):
+    for m in (model.vae, *model.text_encoders, model.unet):
         m.requires_grad_(False).eval()
     if device != model.device:
         model.to(device=device)
     _warn_if_slow(model)
     return model
+
+
+def _check_local_architecture(name: str, path: Path) -> bool:
+    """A local folder's configs against `check_architecture`, before any weights load; True for an
+    SDXL folder (then also checked for its text_encoder_2 weights)."""
+    arch = [_read_json(path / c / "config.json", f"{c} config") for c in ("vae", "unet", "text_encoder")]
+    second = path / "text_encoder_2"
+    text_2 = _read_json(second / "config.json", "text_encoder_2 config") if (second / "config.json").is_file() else None
+    check_architecture(name, *arch, has_second_encoder=second.is_dir(), text_config_2=text_2,
+                       has_second_tokenizer=(path / "tokenizer_2").is_dir())
+    if text_2 is not None:
+        _check_folder(path, COMPONENTS + XL_COMPONENTS, WEIGHTED + XL_WEIGHTED)
+    return text_2 is not None
+
+
+def _local_force_zeros(path: Path) -> bool:
+    "SDXL's force_zeros_for_empty_prompt from the folder's model_index.json (diffusers' default without one)."
+    index = path / "model_index.json"
+    config = _read_json(index, "pipeline config") if index.is_file() else {}
+    return bool(config.get("force_zeros_for_empty_prompt", XL_FORCE_ZEROS))
 
 
 def _load_error(name: str, e: Exception, hub: dict) -> ModelLoadError:
@@ -334,30 +422,46 @@ def _load_error(name: str, e: Exception, hub: dict) -> ModelLoadError:
 
 
 def _load_from_hub(name, source, dtype, variants, hub):
-    "Hub ids: the configs first (refusals before any download of weights), then the weights."
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    """Hub ids: the configs first (refusals before any download of weights), then the weights.
+    Returns the components and SDXL's force_zeros_for_empty_prompt (False for other models)."""
+    from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig
 
     vae_cfg = AutoencoderKL.load_config(source, subfolder="vae", **hub)
     unet_cfg = UNet2DConditionModel.load_config(source, subfolder="unet", **hub)
     text_cfg = CLIPTextConfig.from_pretrained(source, subfolder="text_encoder", **hub)
-    check_architecture(name, vae_cfg, unet_cfg, text_cfg)
-    if not any(variants.values()):
-        return _load_components(name, source, dtype, variants, hub)
     try:
-        return _load_components(name, source, dtype, variants, hub)
+        index = dict(DiffusionPipeline.load_config(source, **hub))
+    except (OSError, ValueError):  # a repository without model_index.json: its components say what it is
+        index = {}
+    xl = index.get("text_encoder_2", [None])[0] is not None or unet_cfg.get("addition_embed_type") == "text_time"
+    text_cfg_2 = None
+    if xl:
+        try:
+            text_cfg_2 = CLIPTextConfig.from_pretrained(source, subfolder="text_encoder_2", **hub)
+        except OSError:  # half an SDXL repository: check_architecture says what it lacks
+            pass
+    check_architecture(name, vae_cfg, unet_cfg, text_cfg, has_second_encoder=xl, text_config_2=text_cfg_2,
+                       has_second_tokenizer=index.get("tokenizer_2", [None])[0] is not None or (not index and xl))
+    force_zeros = xl and bool(index.get("force_zeros_for_empty_prompt", XL_FORCE_ZEROS))
+    if not any(variants.values()):
+        return _load_components(name, source, dtype, variants, hub, xl), force_zeros
+    try:
+        return _load_components(name, source, dtype, variants, hub, xl), force_zeros
     except (OSError, ValueError) as e:
         wanted = next(v for v in variants.values() if v)
         if "variant" not in str(e).lower() and f".{wanted}." not in str(e):
             raise
         warnings.warn(f"{name!r} has no {variants['unet']!r} weights variant; loading its full-precision weights "
                       f"(a larger download) and converting them to {dtype}", DiffEditWarning, stacklevel=4)
-        return _load_components(name, source, dtype, {c: None for c in variants}, hub)
+        return _load_components(name, source, dtype, {c: None for c in variants}, hub, xl), force_zeros
 
 
-def _load_components(name, source, dtype, variants, hub):
+def _load_components(name, source, dtype, variants, hub, xl: bool = False) -> dict:
+    """vae, unet, text_encoder, tokenizer (and for SDXL text_encoder_2, a CLIPTextModelWithProjection,
+    and tokenizer_2), each checked for missing or unexpected weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     vae, info = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, variant=variants["vae"],
                                               output_loading_info=True, **hub)
@@ -369,7 +473,14 @@ def _load_components(name, source, dtype, variants, hub):
                                                        variant=variants["text_encoder"], output_loading_info=True, **hub)
     _check_loading_info(name, "text_encoder", info)
     tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **hub)
-    return vae, unet, text_encoder, tokenizer
+    components = dict(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer)
+    if xl:
+        text_encoder_2, info = CLIPTextModelWithProjection.from_pretrained(
+            source, subfolder="text_encoder_2", dtype=dtype, variant=variants["text_encoder_2"], output_loading_info=True, **hub)
+        _check_loading_info(name, "text_encoder_2", info)
+        components.update(text_encoder_2=text_encoder_2,
+                          tokenizer_2=CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **hub))
+    return components
 
 
 @contextlib.contextmanager

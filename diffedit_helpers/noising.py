@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .text import unet_conditioning
+
 
 def make_scheduler(model, steps: int):
     "A DDIM scheduler with the model's config, its timesteps set for `steps` steps."
@@ -57,11 +59,12 @@ def predicted_x0(scheduler, x_t: torch.Tensor, eps: torch.Tensor, timestep) -> t
 
 
 @torch.no_grad()
-def predict_noise(model, latents: torch.Tensor, timestep, embeddings: torch.Tensor) -> torch.Tensor:
-    """One UNet call: latents (B, C, h, w) at `timestep`, text embeddings (B, L, D) ->
-    the model output (B, C, h, w): noise for epsilon models, velocity for v-prediction."""
+def predict_noise(model, latents: torch.Tensor, timestep, embeddings) -> torch.Tensor:
+    """One UNet call: latents (B, C, h, w) at `timestep`, text embeddings (B, L, D) (SDXL:
+    `XLEmbeddings`, with the pooled embedding and time ids) -> the model output (B, C, h, w):
+    noise for epsilon models, velocity for v-prediction."""
     t = torch.as_tensor(timestep, device=latents.device)
-    return model.unet(latents, t, encoder_hidden_states=embeddings).sample
+    return model.unet(latents, t, **unet_conditioning(embeddings)).sample
 
 
 def guided_noise(model, latents, timestep, cond, uncond, guidance: float) -> torch.Tensor:

@@ -108,16 +108,22 @@ def unet_samples(config) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _unet_flops(unet_class, config_json: str, height: int, width: int, text_len: int, text_dim: int) -> float:
-    "Floating-point operations of one UNet sample, counted on the meta device (no memory, no compute)."
+def _unet_flops(unet_class, config_json: str, height: int, width: int, text_len: int, text_dim: int,
+                pooled_dim: int = 0) -> float:
+    """Floating-point operations of one UNet sample, counted on the meta device (no memory, no compute).
+    pooled_dim > 0: an SDXL UNet, also given a (1, pooled_dim) pooled embedding and its time ids."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from .text import XLEmbeddings, time_ids, unet_conditioning
 
     with torch.device("meta"):
         unet = unet_class.from_config(json.loads(config_json))
         x = torch.zeros(1, unet.config.in_channels, height, width)
         emb = torch.zeros(1, text_len, text_dim)
+        if pooled_dim:
+            emb = XLEmbeddings(emb, torch.zeros(1, pooled_dim), torch.tensor([time_ids((height, width))], dtype=torch.float32))
         with FlopCounterMode(display=False) as counter:
-            unet(x, torch.tensor(1), encoder_hidden_states=emb)
+            unet(x, torch.tensor(1), **unet_conditioning(emb))
     return float(counter.get_total_flops())
 
 
@@ -139,8 +145,9 @@ def estimate_seconds(model, size: tuple[int, int], config) -> float | None:
     f = model.vae_scale_factor
     try:
         cfg = json.dumps(dict(model.unet.config), sort_keys=True, default=str)
-        flops = _unet_flops(type(model.unet), cfg, size[1] // f, size[0] // f, model.max_prompt_tokens,
-                            model.text_encoder.config.hidden_size)
+        width = sum(enc.config.hidden_size for enc in model.text_encoders)
+        pooled = model.text_encoder_2.config.projection_dim if model.is_xl else 0
+        flops = _unet_flops(type(model.unet), cfg, size[1] // f, size[0] // f, model.max_prompt_tokens, width, pooled)
         return flops * unet_samples(config) / device_speed(model.device, model.dtype)
     except Exception:  # noqa: BLE001 - an estimate is advice: a UNet the counter cannot run gets none
         return None

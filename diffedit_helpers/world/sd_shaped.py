@@ -1,16 +1,19 @@
 """Stable Diffusion-shaped models with random weights: the SD path, exercised without a download.
 
-Stable Diffusion 1.5's and 2.1's architectures are written out below (the config.json files of
-their unet, vae and text_encoder folders). `save_sd_folder` builds them with random weights and
-saves a folder in diffusers format, exactly as `load_model` reads a downloaded one:
+Stable Diffusion 1.5's, 2.1's and XL's architectures are written out below (the config.json files
+of their unet, vae and text_encoder folders, and SDXL's text_encoder_2). `save_sd_folder` builds
+them with random weights and saves a folder in diffusers format, exactly as `load_model` reads a
+downloaded one:
 
     save_sd_folder("runs/sd15-small", version="1.5", small=True)   # seconds to build, seconds per edit
+    save_sd_folder("runs/sdxl-small", version="xl")                # two text encoders, a text_time UNet
     model = load_model("runs/sd15-small")
 
 `small=True` keeps everything that makes a model "Stable Diffusion" to the code (4 latent
 channels, a VAE scale factor of 8, 4 UNet levels with cross-attention where SD has it, a
-77-token CLIP tokenizer, epsilon or v-prediction) with channel counts small enough for a CPU.
-The tokenizer is CLIP's real one (the bundled model's). Random weights make meaningless
+77-token CLIP tokenizer, epsilon or v-prediction; for XL two text encoders whose penultimate
+states are concatenated, a pooled projection and six time ids) with channel counts small enough
+for a CPU. The tokenizer is CLIP's real one (the bundled model's), and XL's tokenizer_2 the same files. Random weights make meaningless
 pictures; shapes, dtypes, scale factors and timings are real.
 """
 
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..text import TIME_IDS
 from .tiny_model import TOKENIZER_SOURCE
 
 # Stable Diffusion 1.5 (unet/config.json, vae/config.json, text_encoder/config.json)
@@ -53,7 +57,30 @@ SD_SCHEDULER = dict(
     beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
     timestep_spacing="leading", trained_betas=None,
 )
-VERSIONS = {"1.5": (SD15_UNET, SD15_VAE, SD15_TEXT, "epsilon"), "2.1": (SD21_UNET, SD21_VAE, SD21_TEXT, "v_prediction")}
+# Stable Diffusion XL 1.0 base (1024 px): a 3-level UNet conditioned on both text encoders' states side by
+# side (768 + 1280), plus text_encoder_2's pooled projection and six time ids ("text_time")
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
+    cross_attention_dim=2048, attention_head_dim=(5, 10, 20), use_linear_projection=True, addition_embed_type="text_time",
+    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816, norm_num_groups=32, norm_eps=1e-5,
+    act_fn="silu", downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, mid_block_scale_factor=1,
+    center_input_sample=False,
+)
+SDXL_VAE = dict(SD15_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+SDXL_TEXT = dict(SD15_TEXT)  # CLIP ViT-L, as SD 1.5
+SDXL_TEXT_2 = dict(SD15_TEXT, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                   hidden_act="gelu", projection_dim=1280)  # OpenCLIP ViT-bigG, with its text projection
+SDXL_SCHEDULER = dict(SD_SCHEDULER, _class_name="EulerDiscreteScheduler", interpolation_type="linear",
+                      sample_max_value=1.0, use_karras_sigmas=False)
+VERSIONS = {"1.5": (SD15_UNET, SD15_VAE, SD15_TEXT, "epsilon"), "2.1": (SD21_UNET, SD21_VAE, SD21_TEXT, "v_prediction"),
+            "xl": (SDXL_UNET, SDXL_VAE, SDXL_TEXT, "epsilon")}
+
+
+# the small VAE and text encoder every small version shares
+SMALL_VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
+SMALL_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32)
 
 
 def shrink(unet: dict, vae: dict, text: dict) -> tuple[dict, dict, dict]:
@@ -65,25 +92,45 @@ def shrink(unet: dict, vae: dict, text: dict) -> tuple[dict, dict, dict]:
                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
                 attention_head_dim=(2, 2, 4, 4) if isinstance(heads, tuple) else 8)
-    vae = dict(vae, block_out_channels=(32, 32, 32, 32), layers_per_block=1)
-    text = dict(text, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32)
-    return unet, vae, text
+    return unet, dict(vae, **SMALL_VAE), dict(text, **SMALL_TEXT)
+
+
+def shrink_xl(unet: dict, vae: dict, text: dict, text_2: dict) -> tuple[dict, dict, dict, dict]:
+    """SDXL's architectures with small channel counts: three UNet levels, cross-attention at the
+    last two (as SDXL), two text encoders of different widths (their states are concatenated),
+    and the added embedding's input sized from the time ids and the pooled projection, as in SDXL."""
+    vae, text = dict(vae, **SMALL_VAE), dict(text, **SMALL_TEXT)
+    text_2 = dict(text_2, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2, projection_dim=16)
+    time_dim = 8
+    unet = dict(unet, block_out_channels=(32, 64, 64), layers_per_block=1, transformer_layers_per_block=(1, 1, 1),
+                attention_head_dim=(2, 4, 4), cross_attention_dim=text["hidden_size"] + text_2["hidden_size"],
+                addition_time_embed_dim=time_dim,
+                projection_class_embeddings_input_dim=len(TIME_IDS) * time_dim + text_2["projection_dim"])
+    return unet, vae, text, text_2
 
 
 def sd_configs(version: str = "1.5", small: bool = False) -> dict:
-    "The unet, vae, text_encoder and scheduler configs of an SD version ('1.5' or '2.1'), small or full size."
+    """The unet, vae, text_encoder and scheduler configs of an SD version ('1.5', '2.1' or 'xl'), small
+    or full size; for 'xl' also text_encoder_2."""
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {tuple(VERSIONS)}, got {version!r}")
     unet, vae, text, prediction = VERSIONS[version]
+    if version == "xl":
+        text_2 = SDXL_TEXT_2
+        if small:
+            unet, vae, text, text_2 = shrink_xl(unet, vae, text, text_2)
+        return dict(unet=unet, vae=vae, text_encoder=text, text_encoder_2=text_2,
+                    scheduler=dict(SDXL_SCHEDULER, prediction_type=prediction))
     if small:
         unet, vae, text = shrink(unet, vae, text)
     return dict(unet=unet, vae=vae, text_encoder=text, scheduler=dict(SD_SCHEDULER, prediction_type=prediction))
 
 
 def build_sd_components(version: str = "1.5", small: bool = False, seed: int = 0, device="cpu"):
-    "Random-weight vae, unet, text_encoder and the CLIP tokenizer of an SD-shaped model, on `device` (float32)."
+    """Random-weight vae, unet, text_encoder and the CLIP tokenizer of an SD-shaped model, on `device`
+    (float32); for 'xl' also text_encoder_2 (with its projection) and tokenizer_2 (the same CLIP files)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     cfg = sd_configs(version, small)
     torch.manual_seed(seed)
@@ -91,8 +138,13 @@ def build_sd_components(version: str = "1.5", small: bool = False, seed: int = 0
         unet = UNet2DConditionModel(**cfg["unet"])
         vae = AutoencoderKL(**cfg["vae"])
         text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_encoder_2"])) if "text_encoder_2" in cfg else None
     tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_SOURCE), model_max_length=cfg["text_encoder"]["max_position_embeddings"])
-    return dict(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler_config=cfg["scheduler"])
+    comps = dict(vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler_config=cfg["scheduler"])
+    if text_encoder_2 is not None:
+        comps.update(text_encoder_2=text_encoder_2, tokenizer_2=CLIPTokenizer.from_pretrained(
+            str(TOKENIZER_SOURCE), model_max_length=cfg["text_encoder_2"]["max_position_embeddings"]))
+    return comps
 
 
 def prefix_text_encoder_keys(folder: Path, prefix: str = "text_model."):
@@ -113,22 +165,31 @@ def prefix_text_encoder_keys(folder: Path, prefix: str = "text_model."):
 def save_sd_folder(out, version: str = "1.5", small: bool = True, seed: int = 0, variant: str | None = None) -> Path:
     """An SD-shaped model with random weights saved in diffusers format at `out` (which must not
     exist yet). variant="fp16" saves only float16 `*.fp16.safetensors` weights, as the hub's fp16
-    variants hold them."""
+    variants hold them. version="xl" adds text_encoder_2/ and tokenizer_2/, and a model_index.json
+    that names a StableDiffusionXLPipeline with SDXL's force_zeros_for_empty_prompt."""
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{str(out)!r} exists; choose a new folder")
     comps = build_sd_components(version, small, seed)
     dtype = torch.float16 if variant == "fp16" else torch.float32
-    for name in ("vae", "unet", "text_encoder"):
+    xl = "text_encoder_2" in comps
+    for name in ("vae", "unet", "text_encoder") + (("text_encoder_2",) if xl else ()):
         comps[name].to(dtype).save_pretrained(out / name, safe_serialization=True, variant=variant)
-    prefix_text_encoder_keys(out / "text_encoder")
-    comps["tokenizer"].save_pretrained(out / "tokenizer")
+    prefix_text_encoder_keys(out / "text_encoder")  # (text_encoder_2's keys are saved prefixed, beside text_projection)
+    for name in ("tokenizer", "tokenizer_2") if xl else ("tokenizer",):
+        comps[name].save_pretrained(out / name)
     (out / "scheduler").mkdir()
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(comps["scheduler_config"], indent=2) + "\n")
     index = {"_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"],
              "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": ["transformers", "CLIPTextModel"],
              "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "PNDMScheduler"],
              "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}
+    if xl:
+        index = {"_class_name": "StableDiffusionXLPipeline", "vae": index["vae"], "unet": index["unet"],
+                 "text_encoder": index["text_encoder"], "tokenizer": index["tokenizer"],
+                 "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+                 "scheduler": ["diffusers", "EulerDiscreteScheduler"], "image_encoder": [None, None],
+                 "feature_extractor": [None, None], "force_zeros_for_empty_prompt": True}
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return out
 
@@ -139,7 +200,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m diffedit_helpers.world.sd_shaped", description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="new folder to write")
     p.add_argument("--version", choices=tuple(VERSIONS), default="1.5")
-    p.add_argument("--full-size", action="store_true", help="SD's real channel counts (3.4 GB in float32)")
+    p.add_argument("--full-size", action="store_true", help="SD's real channel counts (3.4 GB in float32; SDXL 10 GB)")
     p.add_argument("--variant", choices=("fp16",), default=None, help="save float16 *.fp16.safetensors weights only")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
