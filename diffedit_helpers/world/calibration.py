@@ -26,7 +26,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from .metrics import edit_success
-from .shapes import CLASHES, COLOURS, PATTERNS, SHAPES, Edit, Thing, paint, pattern_colour, render, shape_mask
+from .shapes import CLASHES, COLOURS, PATTERNS, SHAPES, Edit, Thing, horse_legs_mask, paint, pattern_colour, render, shape_mask
 
 TRUE_CASE = "target (through the VAE)"
 
@@ -112,6 +112,17 @@ def target_shrunk(edit, rng):
 def target_shifted(edit, rng):
     "The target object moved sideways by half its size."
     return _with_thing(edit, _shifted(edit.target.things[edit.index], edit.target.size), edit.target)
+
+
+def horse_without_legs(edit, rng):
+    "Horse targets: the target animal with background where its legs are (a stubby zebra)."
+    tgt = edit.target.things[edit.index]
+    if tgt.shape != "horse":
+        return None
+    picture, background = _rgb(edit.target), _with_thing(edit, None, edit.target)
+    legs = horse_legs_mask(tgt, edit.target.size)
+    picture[legs] = background[legs]
+    return picture
 
 
 def colour_on_the_other_object(edit, rng):
@@ -230,6 +241,7 @@ WRONG_EDITS = {
         "whole picture in the target colour": colour_everywhere,
         "object shrunk to half its area": target_shrunk,
         "object shifted by half its size": target_shifted,
+        "a horse without its legs": horse_without_legs,
         "target colour on the other object": colour_on_the_other_object,
         "target colour on both objects": colour_on_both_objects,
         "patterned object smeared into a blob": blurred_blob,
@@ -241,6 +253,7 @@ WRONG_EDITS = {
         "tartan": pattern_tartan,
         "object shrunk to half its area": target_shrunk,
         "object shifted by half its size": target_shifted,
+        "a horse without its legs": horse_without_legs,
         "patterned object smeared into a blob": blurred_blob,
     },
     "shape": {

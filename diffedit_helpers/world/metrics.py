@@ -30,6 +30,7 @@ from .shapes import (
     Edit,
     Scene,
     Thing,
+    horse_legs_mask,
     paint,
     pattern_colour,
     pattern_period,
@@ -169,9 +170,14 @@ def lag_correlation(share: np.ndarray, where: np.ndarray, lag: int = 1) -> float
 
 
 def keeps_place(painted: np.ndarray, thing: Thing, size: int) -> bool:
-    """Does the painted region keep roughly `thing`'s area and place? Its area between AREA_RANGE
-    times the object's and its IoU with the silhouette at least SILHOUETTE_IOU (thin legs may blur away)."""
-    area = painted.sum() / shape_mask(thing, size).sum()
+    """The painted region keeps the object's area and place: its area within AREA_RANGE
+    times the object's and its IoU with the silhouette at least SILHOUETTE_IOU (thin legs may blur away);
+    a horse also keeps at least LEGS_COVER of its legs (a legless, stubby animal keeps IoU >= 0.5)."""
+    area = painted.sum() / max(shape_mask(thing, size).sum(), 1)
+    if thing.shape == "horse":
+        legs = horse_legs_mask(thing, size)
+        if legs.any() and painted[legs].mean() < LEGS_COVER:
+            return False
     return AREA_RANGE[0] <= area <= AREA_RANGE[1] and silhouette_scores(painted, thing, size)[0] >= SILHOUETTE_IOU
 
 
@@ -258,6 +264,7 @@ OWN_COLOUR_SHARE = 0.6  # colour edits: of the pixels where the object shows its
 ON_COAT = 0.65  # share of the object's pixels (less its rim) that must show its coat
 MEAN_COLOUR_ERROR = 35.0  # RGB distance of the object's mean colour from the expected
 SILHOUETTE_IOU = 0.5  # painted region vs the object's silhouette (colour and pattern edits)
+LEGS_COVER = 0.3  # horses: share of the legs painted (the target through the VAE: 5th percentile 0.61, minimum 0.35)
 AREA_RANGE = (0.6, 1.5)  # painted area over the object's (colour and pattern edits)
 SHAPE_IOU, SHAPE_MARGIN = 0.6, 0.05  # shape edits: IoU with the target shape, and its lead over the source's
 REPEAT = 0.3  # a pattern's correlation with itself one period across

@@ -142,6 +142,9 @@ def _polygon_mask(size, points):
     return np.asarray(img) > 0
 
 
+LEGS_FROM = 10.8  # in the horse's 16-unit box, below the body (to 10.5) and the tail (to 10.8) only legs remain
+
+
 def _horse_mask(size, cx, cy, s):
     "A side-view four-legged animal: body, neck, head, four legs, tail. Facing right."
     img = Image.new("L", (size, size), 0)
@@ -156,6 +159,15 @@ def _horse_mask(size, cx, cy, s):
         d.rectangle([X(left), Y(9), X(left + 1.3), Y(15.5)], fill=255)
     d.polygon([(X(3), Y(6)), (X(0.8), Y(10.5)), (X(1.8), Y(10.8)), (X(3.5), Y(7.5))], fill=255)  # tail
     return np.asarray(img) > 0
+
+
+def horse_legs_mask(thing: Thing, size: int) -> np.ndarray:
+    "The part of a horse's four legs below its body and tail (the same 16 x 16 box as `_horse_mask`): (size, size) bool."
+    if thing.shape != "horse":
+        raise ValueError(f"thing must be a horse, got a {thing.shape}")
+    u = thing.size / 16
+    below_body = np.mgrid[0:size, 0:size][0] + 0.5 > thing.cy + (LEGS_FROM - 8) * u  # (size, size)
+    return shape_mask(thing, size) & below_body
 
 
 def shape_mask(thing: Thing, size: int) -> np.ndarray:

@@ -147,7 +147,7 @@ class ParamEMA:
 
 
 def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, steps, batch_size, lr, gen, p_uncond=0.1,
-               snr_gamma: float = 5.0, ema_decay: float = 0.999):
+               snr_gamma: float = 5.0, ema_decay: float = 0.999, warmup: int = 100):
     """Train the UNet and text encoder together; at the end both hold the EMA of their weights.
 
     snr_gamma: Min-SNR-gamma loss weighting (0 turns it off); ema_decay: 0 keeps the raw weights.
@@ -162,7 +162,7 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, step
     smooth_loss = None
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, steps, lr)
+            g["lr"] = cosine_lr(step, steps, lr, warmup)
         idx = torch.randint(len(latents), (batch_size,), generator=gen)
         x0 = latents[idx]  # (B, C, h, w), already scaled
         tok = ids[idx].clone()
@@ -259,6 +259,10 @@ def main(argv=None):
     p.add_argument("--ema-decay", type=float, default=0.999, help="save the EMA of the weights; 0 saves the raw ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-from", default=None, help="reuse the VAE of this folder (skip stage 1)")
+    p.add_argument("--init-from", default=None,
+                   help="continue training this folder's model: its VAE and latent scaling are kept (stage 1 skipped), "
+                        "its UNet and text encoder are the starting weights of stage 3")
+    p.add_argument("--warmup", type=int, default=100, help="UNet steps of linear learning-rate warm-up")
     args = p.parse_args(argv)
     if Path(args.out).resolve() != Path(TOKENIZER_SOURCE).parent.resolve() and Path(args.out).exists() and any(Path(args.out).iterdir()):
         p.error(f"--out {args.out!r} exists and is not empty; choose a new folder")
@@ -272,24 +276,40 @@ def main(argv=None):
         logger.removeHandler(handler)
 
 
+def load_trained(folder, comps):
+    "Replace the VAE, UNet and text encoder of `comps` by a saved model's (float32); returns its latent scaling factor."
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    comps["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+    comps["unet"] = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+    comps["text_encoder"] = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
+    return comps["vae"].config.scaling_factor
+
+
 def train(args):
     "The three stages with the parsed options; the model is saved to args.out."
     gen = torch.Generator().manual_seed(args.seed)
     comps = build_components(seed=args.seed)
     images, captions = make_scenes(args.scenes)
     logger.info(f"rendered {len(images)} scenes")
-    if args.vae_from:
+    scaling = None
+    if args.init_from:
+        scaling = load_trained(args.init_from, comps)
+        logger.info(f"continuing from {args.init_from} (latent scaling factor {scaling:.4f})")
+    elif args.vae_from:
         from diffusers import AutoencoderKL
 
         comps["vae"] = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae", torch_dtype=torch.float32)
     else:
         train_vae(comps["vae"], images, args.vae_steps, args.vae_batch, args.lr, gen)
     raw = encode_all(comps["vae"], images)
-    scaling = 1.0 / raw.std().item()
+    scaling = scaling or 1.0 / raw.std().item()
     latents = raw * scaling
     logger.info(f"encoded latents {tuple(latents.shape)}, std {raw.std().item():.3f} -> scaling factor {scaling:.4f}")
     train_unet(comps["unet"], comps["text_encoder"], comps["tokenizer"], latents, captions, comps["scheduler"],
-               args.unet_steps, args.unet_batch, args.lr, gen, snr_gamma=args.snr_gamma, ema_decay=args.ema_decay)
+               args.unet_steps, args.unet_batch, args.lr, gen, snr_gamma=args.snr_gamma, ema_decay=args.ema_decay,
+               warmup=args.warmup)
     save_folder(args.out, comps, scaling, captions=captions, image_size=images.shape[1])
     logger.info(f"saved to {args.out}")
 
