@@ -40,7 +40,7 @@ def to_rgb(image, name: str = "image", max_pixels: int = MAX_PIXELS, multiple: i
     """
     image = from_url_or_tensor(image, name, max_pixels, multiple)
     if isinstance(image, (str, os.PathLike)):
-        image = _read_image(Path(image), name, max_pixels, multiple)
+        image = read_image_file(Path(image), name, max_pixels, multiple)
     if isinstance(image, np.ndarray):
         if image.ndim >= 2:
             check_not_huge(image.shape[1], image.shape[0], name, max_pixels, multiple)
@@ -50,7 +50,7 @@ def to_rgb(image, name: str = "image", max_pixels: int = MAX_PIXELS, multiple: i
     return _pil_to_rgb(image, name)
 
 
-def _read_image(path: Path, name: str, max_pixels: int, multiple: int) -> Image.Image:
+def read_image_file(path: Path, name: str, max_pixels: int, multiple: int) -> Image.Image:
     "Open an image file, check its size from the header, then decode it into memory."
     if not path.exists():
         raise ImageInputError(f"{name}: file {str(path)!r} does not exist")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import DiffEditWarning, check_kernel, check_threshold
-from .images import MAX_PIXELS, _read_image
+from .images import MAX_PIXELS, read_image_file
 from .noising import add_noise, draw_noise, predict_noise, timestep_at
 
 
@@ -148,7 +148,7 @@ def user_mask(mask, shape: tuple[int, int], name: str = "mask") -> np.ndarray:
     a warning); or a path to such an image. Raises ValueError/TypeError naming `name`; no model work.
     """
     if isinstance(mask, (str, os.PathLike)):
-        mask = _read_image(Path(mask), name, MAX_PIXELS, 1)
+        mask = read_image_file(Path(mask), name, MAX_PIXELS, 1)
     if isinstance(mask, Image.Image):
         if mask.mode not in ("L", "1"):
             warnings.warn(f"{name}: {mask.mode} image converted to grey (L)", DiffEditWarning, stacklevel=3)
