@@ -131,7 +131,7 @@ class MaskExplorer(RestartSafe, widgets.VBox):
         self._canvas, self._image, self._tinted = _canvas(image)
         self.frames = [_picture(self._canvas.shape, scale) for _ in (self.threshold.options if self.cached else [0])]
         self._mask = np.zeros(difference_map.shape, dtype=bool)
-        self.controls = widgets.HBox([self.threshold, self.blur, self.holes])
+        self.controls = widgets.VBox([self.threshold, widgets.HBox([self.blur, self.holes])])
         super().__init__()
         style = self._restart_safe(self)
         self.children = [style, *self._rows()]
@@ -205,7 +205,7 @@ class MaskExplorer(RestartSafe, widgets.VBox):
 
 def _mask_controls(threshold: float, blur: int, fill_holes: bool):
     "The threshold slider (wide: 100 stops), the blur slider and the hole-filling box."
-    wide = widgets.Layout(width="620px")  # a track of about 450 px: 4 or more pixels per stop
+    wide = widgets.Layout(width="600px")  # on its own row: a track of over 400 px, 4 or more pixels per stop
     threshold_slider = widgets.SelectionSlider(options=threshold_options(threshold), value=threshold,
                                                description="mask threshold", layout=wide,
                                                style={"description_width": "initial"})
@@ -343,6 +343,7 @@ class EditExplorer(RestartSafe, widgets.VBox):
         self.status = widgets.Label("Edit runs the model with this mask (the sliders above never do).")
         self._canvas = _canvas(np.asarray(image))[0]
         self.after = _picture(self._canvas.shape, scale)
+        self.after.add_class("diffedit-after")
         super().__init__()
         style = self._restart_safe(self)
         live = widgets.VBox([widgets.HBox([self.seed, self.guidance, self.edit_start]),
