@@ -92,6 +92,9 @@ class RestartSafe:
         return widgets.HTML(f"<style>{_CSS}.{self._note_class} {{display: none;}}</style>"
                             f'<div class="diffedit-stale">{html.escape(STALE)}</div>')
 
+    def __repr__(self) -> str:  # the text/plain of the display: a text-only frontend cannot show the widget
+        return f"{type(self).__name__}: an interactive explorer; run its cell in Jupyter (a running kernel) to use it"
+
     def _ipython_display_(self, **kwargs):
         display(HTML(f'<div class="{self._note_class}"><em>{html.escape(NOTE)}</em></div>'))
         parent = getattr(super(), "_ipython_display_", None)

@@ -216,17 +216,27 @@ class Step:
         return cls(send - t["key"], recv - t["key"], *(t[k] - t["key"] for k in ("src", "load", "paint")))
 
 
-def slider_latency(page, handle, box, presses: int, key: str = "ArrowRight", pause_s: float = 0.05) -> list[Step]:
+def slider_latency(page, handle, box, presses: int, key: str = "ArrowRight", pause_s: float = 0.05,
+                   unchanged_after_s: float | None = None) -> list[Step]:
     """Press `key` on the slider `handle` `presses` times, one at a time, and time each press
-    from its key event to the painted picture in `box` (Playwright locators). Needs LATENCY_JS
-    installed in the page before it loaded."""
+    from its key event to the painted picture in `box` (Playwright locators). A press whose
+    picture has not changed after `unchanged_after_s` seconds is left out (None: every press must
+    change it, within TIMEOUT_MS). Needs LATENCY_JS installed in the page before it loaded."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     handle.focus()
     element = box.element_handle()
     steps = []
+    wait_ms = TIMEOUT_MS if unchanged_after_s is None else 1000 * unchanged_after_s
     for _ in range(presses):
         page.evaluate("(box) => window.__latency.arm(box)", element)
         page.keyboard.press(key)
-        page.wait_for_function("() => window.__latency.step.paint !== null", timeout=TIMEOUT_MS)
+        try:
+            page.wait_for_function("() => window.__latency.step.paint !== null", timeout=wait_ms)
+        except PlaywrightTimeout:
+            if unchanged_after_s is None:
+                raise
+            continue
         steps.append(Step.from_page(page.evaluate("() => window.__latency.step")))
         time.sleep(pause_s)
     return steps
@@ -234,6 +244,8 @@ def slider_latency(page, handle, box, presses: int, key: str = "ArrowRight", pau
 
 def summary(steps: list[Step]) -> dict:
     "Median and quartiles (ms) of key -> painted, and the median of each part of the way."
+    if not steps:
+        raise ValueError("no step changed the picture: nothing to summarise")
     paint = sorted(s.paint for s in steps)
     q1, median, q3 = statistics.quantiles(paint, n=4, method="inclusive") if len(paint) > 1 else paint * 3
     waited = [s for s in steps if s.recv == s.recv]  # the steps whose picture came from the kernel
