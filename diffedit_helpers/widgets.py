@@ -25,6 +25,7 @@ Taught in notebooks 05_threshold_and_blur and 06_masked_denoising. Not imported 
 
 from __future__ import annotations
 
+import asyncio
 import html
 import numbers
 import time
@@ -47,6 +48,8 @@ PAD = 4  # white pixels between the panels of a picture
 MIN_VIEW = 256  # small images are shown scaled up (by the browser) until a panel is at least this wide
 THRESHOLD_STOPS = 100  # the threshold slider's stops: 0, 0.01, ..., 1 (and the starting value)
 MAX_FRAME_PIXELS = 128 * 128  # up to this many pixels the browser keeps one picture per threshold stop
+FRAME_CHUNK = 10  # frames drawn per turn of the kernel's event loop after a blur or hole-filling change
+FRAME_PAUSE_S = (0.06, 0.015)  # before the first chunk (the browser paints the frame on screen), between chunks
 MAX_SEED = 2**63 - 1
 _PNG_FLAGS = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast: a 200 x 64 picture encodes in a fraction of a millisecond
 
@@ -129,6 +132,7 @@ class MaskExplorer(RestartSafe, widgets.VBox):
         self.scale = scale
         self.cached = difference_map.size <= MAX_FRAME_PIXELS if cached is None else cached
         self._blurred_cache: dict[int, np.ndarray] = {}
+        self._redraws = 0  # counts redraws, so that a newer one stops an older one's deferred frames
         self.threshold, self.blur, self.holes = _mask_controls(threshold, blur, fill_holes)
         self.area = widgets.Label()
         self._canvas, self._image, self._tinted = _canvas(image)
@@ -175,13 +179,31 @@ class MaskExplorer(RestartSafe, widgets.VBox):
         "The mask at `threshold` with the current blur and hole filling, (H, W) bool."
         return make_mask(self.blurred(self.blur.value), threshold, blur=0, holes=self.holes.value)
 
-    def redraw(self) -> None:
-        """Redraw every frame (the one on screen first, so it arrives first), then the mask and label."""
+    def redraw(self, defer: bool = False) -> None:
+        """Redraw every frame, nearest the one on screen first, then the mask and label. With
+        `defer`, inside a running kernel, only the frame on screen is drawn now: the others follow
+        in chunks of FRAME_CHUNK from the kernel's event loop, FRAME_PAUSE_S apart, so the browser
+        paints the new picture before a hundred others reach it (a newer redraw drops the rest of
+        an older one). Nearby stops are redrawn first: about 0.2 s after a change, all are."""
+        self._redraws += 1
         if self.cached:
             order = sorted(range(len(self.frames)), key=lambda i: abs(i - self.threshold.index))
-            for i in order:
-                self.frames[i].value = self._draw(self.mask_at(self.threshold.options[i][1]))
+            loop = _running_loop() if defer else None
+            self._draw_frames(order if loop is None else order[:1], self._redraws)
+            if loop is not None:  # after the browser has had time to paint the frame on screen
+                loop.call_later(FRAME_PAUSE_S[0], self._draw_later, loop, order[1:], self._redraws)
         self.update()
+
+    def _draw_frames(self, indices: list[int], redraw: int) -> None:
+        for i in indices:
+            if redraw != self._redraws:  # a newer redraw has started
+                return
+            self.frames[i].value = self._draw(self.mask_at(self.threshold.options[i][1]))
+
+    def _draw_later(self, loop, todo: list[int], redraw: int) -> None:
+        self._draw_frames(todo[:FRAME_CHUNK], redraw)
+        if todo[FRAME_CHUNK:] and redraw == self._redraws:
+            loop.call_later(FRAME_PAUSE_S[1], self._draw_later, loop, todo[FRAME_CHUNK:], redraw)
 
     def update(self) -> None:
         "Recompute the mask for the current controls; redraw the one frame when not cached; relabel."
@@ -194,7 +216,7 @@ class MaskExplorer(RestartSafe, widgets.VBox):
         self.update()
 
     def _on_redraw(self, change) -> None:
-        self.redraw()
+        self.redraw(defer=True)
 
     def _draw(self, mask: np.ndarray) -> bytes:
         "Paint the overlay and mask panels into the cached canvas and encode it as PNG."
@@ -204,6 +226,14 @@ class MaskExplorer(RestartSafe, widgets.VBox):
         self._canvas[:, x1 : x1 + w] = np.where(m, self._tinted, self._image)  # mask over input
         self._canvas[:, x2 : x2 + w] = m * np.uint8(255)  # the mask, white on black
         return encode_png(self._canvas)
+
+
+def _running_loop():
+    "The kernel's running asyncio loop (ipykernel handles widget messages on it), or None outside one."
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _mask_controls(threshold: float, blur: int, fill_holes: bool):

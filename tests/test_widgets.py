@@ -1,6 +1,7 @@
 """The explorers: the mask controls drive `make_mask` on a cached map and the view shows its
 result; the edit explorer's button runs `diffedit` with that mask, and nothing else runs the model."""
 
+import asyncio
 import io
 import warnings
 
@@ -137,6 +138,26 @@ def test_a_threshold_move_sends_no_picture_when_the_frames_are_cached(image, dif
     ex.blur.value = 9
     assert sent and sent[0].owner is ex.frames[60]  # the frame on screen is redrawn first
     assert len(sent) <= len(ex.frames)
+
+
+def test_in_a_kernel_a_blur_change_draws_the_frame_on_screen_first(image, diff_map):
+    "Inside a running event loop (a kernel), the other frames follow later; a newer change drops an older one's."
+    ex = mask_explorer(image, diff_map, threshold=0.3, blur=0, fill_holes=False)
+    shown = lambda frame: cut(frame.value, (H, W))[2][..., 0] == 255  # noqa: E731
+
+    async def change():
+        ex.blur.value = 9
+        first = shown(ex.view), shown(ex.frames[60])  # on screen: redrawn; stop 0.6, 30 stops away: not yet
+        ex.blur.value = 5
+        await asyncio.sleep(0.6)  # every deferred chunk has run
+        return first
+
+    on_screen, not_yet = asyncio.run(change())
+    np.testing.assert_array_equal(on_screen, make_mask(diff_map, 0.3, 9, False))
+    np.testing.assert_array_equal(not_yet, make_mask(diff_map, 0.6, 0, False))
+    assert not np.array_equal(not_yet, make_mask(diff_map, 0.6, 9, False))  # the blur changes that frame
+    for i in range(0, 101, 5):  # all redrawn for the newer blur
+        np.testing.assert_array_equal(shown(ex.frames[i]), make_mask(diff_map, ex.threshold.options[i][1], 5, False))
 
 
 def test_each_change_redraws_the_one_picture_once_when_not_cached(image, diff_map):
