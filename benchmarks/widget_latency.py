@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -39,7 +38,6 @@ TARGET_MS = 40.0
 BLUR_STEPS = 8  # presses of the right arrow on the horse explorer's blur slider (0, 1, 3, ... 15 px)
 
 SETUP = """\
-import numpy as np
 from diffedit_helpers import difference_map, load_model, to_rgb
 from diffedit_helpers.paths import example_edit
 from diffedit_helpers.widgets import MaskExplorer, edit_explorer, mask_explorer

@@ -127,7 +127,7 @@ class MaskExplorer(RestartSafe, widgets.VBox):
     """
 
     def __init__(self, image: np.ndarray, difference_map: np.ndarray, threshold: float, blur: int,
-                 fill_holes: bool, scale: int, cached: bool | None = None):
+                 fill_holes: bool, scale: int, cached: bool | None = None, nested: bool = False):
         self.difference_map = difference_map  # (H, W) float32
         self.scale = scale
         self.cached = difference_map.size <= MAX_FRAME_PIXELS if cached is None else cached
@@ -140,8 +140,8 @@ class MaskExplorer(RestartSafe, widgets.VBox):
         self._mask = np.zeros(difference_map.shape, dtype=bool)
         self.controls = widgets.VBox([self.threshold, widgets.HBox([self.blur, self.holes])])
         super().__init__()
-        style = self._restart_safe(self)
-        self.children = [style, *self._rows()]
+        # inside another explorer (nested), that one carries the style and the "run this cell" lines
+        self.children = self._rows() if nested else [self._restart_safe(self), *self._rows()]
         for control in (self.blur, self.holes):
             control.observe(self._on_redraw, names="value")
         self.threshold.observe(self._on_threshold, names="index")
@@ -371,7 +371,8 @@ class EditExplorer(RestartSafe, widgets.VBox):
         self.model, self.image, self.config = model, image, config
         self.source_prompt, self.target_prompt = source_prompt, target_prompt
         self.result = None
-        self.masks = MaskExplorer(np.asarray(image), diff_map, config.threshold, config.blur, config.fill_holes, scale)
+        self.masks = MaskExplorer(np.asarray(image), diff_map, config.threshold, config.blur, config.fill_holes, scale,
+                                  nested=True)
         self.seed, self.guidance, self.edit_start, self.button, self.progress = _edit_controls(config, seed)
         self.status = widgets.Label("Edit runs the model with this mask (the sliders above never do).")
         self._canvas = _canvas(np.asarray(image))[0]

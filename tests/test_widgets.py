@@ -378,6 +378,9 @@ def test_edit_explorer_masks_like_diffedit_and_edits_only_inside(bundled, horse,
     np.testing.assert_array_equal(over, np.asarray(overlay(image, r.mask)))
     np.testing.assert_array_equal(after, np.asarray(r.image))
     assert not ex.button.disabled and ex.status.value.startswith("edited in")
+    # one "run this cell" state for the whole explorer: the mask explorer inside carries none of its own
+    assert "diffedit-explorer" in ex._dom_classes and "diffedit-explorer" not in ex.masks._dom_classes
+    assert STALE in ex.children[0].value.replace("&#x27;", "'") and not isinstance(ex.masks.children[0], type(ex.children[0]))
 
 
 def test_edit_explorer_seed_reproduces(bundled, horse):
