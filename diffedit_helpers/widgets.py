@@ -99,7 +99,8 @@ class RestartSafe:
         return f"{type(self).__name__}: an interactive explorer; run its cell in Jupyter (a running kernel) to use it"
 
     def _ipython_display_(self, **kwargs):
-        display(HTML(f'<div class="{self._note_class}"><em>{html.escape(NOTE)}</em></div>'))
+        if getattr(self, "_note_class", None):  # a nested explorer shown alone has no note of its own
+            display(HTML(f'<div class="{self._note_class}"><em>{html.escape(NOTE)}</em></div>'))
         parent = getattr(super(), "_ipython_display_", None)
         if parent is not None:  # ipywidgets 7 displays itself
             parent(**kwargs)
@@ -123,6 +124,8 @@ class MaskExplorer(RestartSafe, widgets.VBox):
         mask: the current mask, (H, W) bool.
         difference_map: the map it thresholds, (H, W) float32 in [0, 1].
         scale: how many screen pixels the browser draws per image pixel.
+        cached: one frame per threshold stop (default: pictures up to MAX_FRAME_PIXELS).
+    nested=True leaves the style and the "run this cell" lines to an explorer around it.
     Build it with `mask_explorer`, which checks its arguments.
     """
 
