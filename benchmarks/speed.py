@@ -168,7 +168,7 @@ def widget_latency(model, edit, config, n=25):
     times = {"threshold": [], "blur (new kernel)": [], "blur (cached kernel)": []}
     for t in thresholds:
         t0 = time.perf_counter()
-        w.threshold.value = float(t)  # the observer re-thresholds and redraws synchronously
+        w.threshold.value = round(float(t), 2)  # a stop of the slider; the observer re-thresholds and redraws synchronously
         times["threshold"].append(time.perf_counter() - t0)
     for key in ("blur (new kernel)", "blur (cached kernel)"):
         for k in kernels:
