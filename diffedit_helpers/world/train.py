@@ -3,6 +3,8 @@
     OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python -m diffedit_helpers.world.train --out diffedit_helpers/bundled
 
 (two threads on an otherwise idle 2-core machine; on a busy one use OMP_NUM_THREADS=1.)
+`--init-from FOLDER` trains a saved model further: its VAE and latent scaling are kept, and its
+UNet and text encoder are the starting weights of stage 3.
 
 Three stages, all on the CPU:
   1. the VAE (AutoencoderKL, scale factor 4) on rendered scenes, then its latent scaling
