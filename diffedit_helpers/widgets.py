@@ -37,10 +37,9 @@ import torch
 from IPython.display import HTML, display
 
 from .config import DiffEditConfig
-from .edit import diffedit, encode_inputs, prepare_inputs
-from .mask import blur_mask, make_mask, mask_maps
+from .edit import diffedit, difference_map, prepare_inputs
+from .mask import blur_mask, make_mask
 from .models import as_model
-from .noising import make_scheduler
 from .plotting import MASK_ALPHA, MASK_COLOUR, to_array
 
 MAX_BLUR = 31  # largest kernel (pixels) on the blur slider, unless a larger one is asked for
@@ -473,13 +472,6 @@ def edit_explorer(model, image, source_prompt: str, target_prompt: str, config: 
     model = as_model(model)
     rgb, config = prepare_inputs(model, image, source_prompt, target_prompt, config)  # every check diffedit makes
     scale = _check_scale(scale, (rgb.height, rgb.width))
-    diff_map = _difference_map(model, rgb, source_prompt, target_prompt, config, int(seed))
+    diff_map = difference_map(model, rgb, source_prompt, target_prompt, config, torch.Generator().manual_seed(int(seed)))
     return EditExplorer(model, rgb, source_prompt, target_prompt, config, diff_map, int(seed), scale)
 
-
-@torch.no_grad()
-def _difference_map(model, image, source_prompt, target_prompt, config, seed: int) -> np.ndarray:
-    "`edit.difference_map` on inputs already checked: the (H, W) float32 map in [0, 1] diffedit thresholds."
-    x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt)
-    generator = torch.Generator().manual_seed(seed)
-    return mask_maps(model, image, x0, src, tgt, make_scheduler(model, config.steps), config, generator)[1]
