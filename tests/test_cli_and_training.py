@@ -74,6 +74,21 @@ def test_training_command_runs_a_few_steps_and_saves_a_loadable_model(tmp_path):
         train_main(["--out", str(out), "--scenes", "8"])
 
 
+def test_training_continues_a_saved_model_keeping_its_vae_and_scaling(tmp_path):
+    tiny = ["--scenes", "48", "--vae-steps", "2", "--vae-batch", "4", "--unet-steps", "2", "--unet-batch", "4"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    train_main(["--out", str(first), *tiny])
+    train_main(["--out", str(second), "--init-from", str(first), *tiny, "--warmup", "1"])
+    a, b = load_model(first), load_model(second)
+    assert b.vae.config.scaling_factor == a.vae.config.scaling_factor
+    for (name, p), q in zip(a.vae.state_dict().items(), b.vae.state_dict().values()):
+        assert torch.equal(p, q), f"the VAE changed: {name}"
+    changed = [n for (n, p), q in zip(a.unet.state_dict().items(), b.unet.state_dict().values()) if not torch.equal(p, q)]
+    assert changed, "the UNet was not trained further"
+    with pytest.raises(SystemExit):  # one starting point at a time
+        train_main(["--out", str(tmp_path / "third"), "--init-from", str(first), "--vae-from", str(first)])
+
+
 def test_demo_settings_turn_the_horse_into_a_zebra_that_passes_the_check(bundled):
     # the README picture and `make demo` use these settings; after a retrain they must be chosen again
     edit = make_edit(horse_scene(), "pattern")

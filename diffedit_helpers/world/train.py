@@ -260,8 +260,9 @@ def main(argv=None):
     p.add_argument("--snr-gamma", type=float, default=5.0, help="Min-SNR-gamma loss weighting; 0 turns it off")
     p.add_argument("--ema-decay", type=float, default=0.999, help="save the EMA of the weights; 0 saves the raw ones")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae-from", default=None, help="reuse the VAE of this folder (skip stage 1)")
-    p.add_argument("--init-from", default=None,
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--vae-from", default=None, help="reuse the VAE of this folder (skip stage 1)")
+    start.add_argument("--init-from", default=None,
                    help="continue training this folder's model: its VAE and latent scaling are kept (stage 1 skipped), "
                         "its UNet and text encoder are the starting weights of stage 3")
     p.add_argument("--warmup", type=int, default=100, help="UNet steps of linear learning-rate warm-up")
