@@ -26,9 +26,26 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from .metrics import edit_success
-from .shapes import CLASHES, COLOURS, PATTERNS, SHAPES, Edit, Thing, horse_legs_mask, paint, pattern_colour, render, shape_mask
+from .shapes import (
+    CLASHES,
+    COLOURS,
+    PATTERNS,
+    SHAPES,
+    Edit,
+    Thing,
+    horse_legs_mask,
+    paint,
+    pattern_colour,
+    pattern_period,
+    render,
+    shape_mask,
+)
 
 TRUE_CASE = "target (through the VAE)"
+# pattern edits a person calls right that differ from the rendered target: stripes drawn at another
+# period (a colour edit must keep its stripes where they were, so it has no such case)
+STRIPE_FACTORS = {"target, stripes 30% wider (through the VAE)": 1.3, "target, stripes 20% narrower (through the VAE)": 0.8}
+MIN_STRIPE_PERIOD = 5.0  # pixels: narrower stripes (2 px each) blur into a flat tint through the VAE, so no case is built
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -75,6 +92,21 @@ def _blob(image: np.ndarray, where: np.ndarray, sigma: float = 3.0) -> np.ndarra
     blurred = np.stack([gaussian_filter(image[..., c], sigma) for c in range(3)], -1)
     grown = gaussian_filter(where.astype(np.float32), sigma) > 0.05
     return np.where(grown[..., None], blurred, image)
+
+
+def restriped(edit: Edit, factor: float):
+    """The target with its stripes redrawn at `factor` times their period (None unless the target is
+    striped with a redrawn period of at least MIN_STRIPE_PERIOD)."""
+    tgt, size = edit.target.things[edit.index], edit.target.size
+    if tgt.pattern != "striped" or pattern_period(tgt) * factor < MIN_STRIPE_PERIOD:
+        return None
+    x = np.mgrid[0:size, 0:size][1].astype(np.float32)
+    second = ((x - tgt.cx) / (pattern_period(tgt) * factor)) % 1 < 0.5  # (size, size) bool
+    coat = np.where(second[..., None], np.float32(COLOURS[pattern_colour(tgt.colour)]), np.float32(COLOURS[tgt.colour]))
+    m = shape_mask(tgt, size)
+    out = _rgb(edit.target)
+    out[m] = coat[m]
+    return out
 
 
 # ----------------------------------------------------------------------------- wrong edits
@@ -287,12 +319,21 @@ def vae_round_trip(model, pictures, batch: int = 32) -> list[np.ndarray]:
     return out
 
 
+def is_true_case(case: str) -> bool:
+    "Is `case` an edit that must pass (the target, or a restriped target), judged through the VAE only?"
+    return case == TRUE_CASE or case in STRIPE_FACTORS
+
+
 def calibration_cases(edits, seed: int = 0) -> dict:
-    """Every case's pictures: {(kind, case): [(edit, picture), ...]}, the true case as the plain
-    target render (pass it through `vae_round_trip`), wrong cases as built (None results dropped)."""
+    """Every case's pictures: {(kind, case): [(edit, picture), ...]}, the true cases (TRUE_CASE and
+    STRIPE_FACTORS' restriped targets) as rendered (pass them through `vae_round_trip`), wrong cases
+    as built (None results dropped)."""
     cases = {}
     for i, e in enumerate(edits):
         cases.setdefault((e.kind, TRUE_CASE), []).append((e, _rgb(e.target)))
+        for name, factor in STRIPE_FACTORS.items():
+            if e.kind == "pattern" and (pic := restriped(e, factor)) is not None:
+                cases.setdefault((e.kind, name), []).append((e, pic))
         for name, build in WRONG_EDITS[e.kind].items():
             pic = build(e, np.random.default_rng([seed, i]))
             if pic is not None:
@@ -308,7 +349,7 @@ def pass_rates(model, edits, seed: int = 0) -> dict:
         pictures = [p for _, p in items]
         decoded = vae_round_trip(model, pictures)
         through = float(np.mean([edit_success(d, e) for (e, _), d in zip(items, decoded)]))
-        raw = float("nan") if key[1] == TRUE_CASE else float(np.mean([edit_success(p, e) for e, p in items]))
+        raw = float("nan") if is_true_case(key[1]) else float(np.mean([edit_success(p, e) for e, p in items]))
         rates[key] = (len(items), raw, through)
     return rates
 

@@ -31,6 +31,7 @@ from .shapes import (
     Scene,
     Thing,
     horse_legs_mask,
+    horse_part_masks,
     paint,
     pattern_colour,
     pattern_period,
@@ -169,14 +170,22 @@ def lag_correlation(share: np.ndarray, where: np.ndarray, lag: int = 1) -> float
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def keeps_place(painted: np.ndarray, thing: Thing, size: int) -> bool:
+def on_coat_mask(image, labels: np.ndarray, thing: Thing) -> np.ndarray:
+    "Pixels in either of `thing`'s coat colours (near its colour-to-pattern-colour segment, not labelled background): (H, W) bool."
+    return (coat_position(image, thing)[1] <= COAT_OFF) & (labels != BACKGROUND_LABEL)
+
+
+def keeps_place(painted: np.ndarray, thing: Thing, size: int, coat: np.ndarray | None = None) -> bool:
     """The painted region keeps the object's area and place: its area within AREA_RANGE
     times the object's and its IoU with the silhouette at least SILHOUETTE_IOU (thin legs may blur away);
-    a horse also keeps at least LEGS_COVER of its legs (a legless, stubby animal keeps IoU >= 0.5)."""
+    a horse also keeps at least LEGS_COVER of its legs (a legless, stubby animal keeps IoU >= 0.5),
+    counted on the painted region or, given `coat` ((H, W) bool, `on_coat_mask`), on either coat
+    colour (a zebra's leg may fall on a white stripe)."""
     area = painted.sum() / max(shape_mask(thing, size).sum(), 1)
     if thing.shape == "horse":
         legs = horse_legs_mask(thing, size)
-        if legs.any() and painted[legs].mean() < LEGS_COVER:
+        shown = painted if coat is None else painted | coat
+        if legs.any() and shown[legs].mean() < LEGS_COVER:
             return False
     return AREA_RANGE[0] <= area <= AREA_RANGE[1] and silhouette_scores(painted, thing, size)[0] >= SILHOUETTE_IOU
 
@@ -202,6 +211,10 @@ def pattern_features(share: np.ndarray, where: np.ndarray) -> dict:
     return dict(mean=mean, spread=var**0.5, columns=explained(xs), rows=explained(ys), neighbours=neighbours)
 
 
+def within(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
 def pattern_of(image, thing: Thing, where: np.ndarray) -> str | None:
     """The pattern the picture shows in `where`, in `thing`'s colours: "plain", "striped",
     "dotted", or None for anything else (tartan, a flat tint, noise)."""
@@ -214,11 +227,14 @@ def pattern_of(image, thing: Thing, where: np.ndarray) -> str | None:
 
     def repeats(pattern):  # the pattern repeats across at its period: blurred noise does not
         period = pattern_period(replace(thing, pattern=pattern))
+        if pattern == "striped":  # stripes may be drawn a little wider or narrower, but must turn over half a period on
+            return any(lag_correlation(share, where, lag) >= REPEAT and lag_correlation(share, where, round(lag / 2)) <= -HALF_PERIOD
+                       for lag in range(max(2, int(PERIOD_RANGE[0] * period)), int(np.ceil(PERIOD_RANGE[1] * period)) + 1))
         return max(lag_correlation(share, where, lag) for lag in {int(period), int(np.ceil(period))}) >= REPEAT
 
-    if f["spread"] >= 0.2 and f["columns"] >= 0.85 and 0.3 <= f["mean"] <= 0.7 and repeats("striped"):
+    if f["spread"] >= 0.2 and f["columns"] >= 0.85 and within(f["mean"], PATTERN_SHARE["striped"]) and repeats("striped"):
         return "striped"
-    if (f["spread"] >= 0.15 and f["columns"] < 0.85 and f["rows"] < 0.85 and 0.12 <= f["mean"] <= 0.5
+    if (f["spread"] >= 0.15 and f["columns"] < 0.85 and f["rows"] < 0.85 and within(f["mean"], PATTERN_SHARE["dotted"])
             and repeats("dotted")):
         return "dotted"
     return None
@@ -230,14 +246,26 @@ def on_coat(image, thing: Thing, where: np.ndarray) -> float:
 
 
 def mean_colour_error(image, thing: Thing, where: np.ndarray) -> float:
-    "Distance (RGB) between the picture's mean colour in `where` and that of `thing` painted there."
-    return float(np.linalg.norm(np.asarray(image, np.float32)[..., :3][where].mean(0) - paint(thing, where.shape[0])[where].mean(0)))
+    """Distance (RGB) between the picture's mean colour in `where` and that of `thing` painted there.
+    A striped or dotted coat's mean depends on how its pattern falls on the silhouette, so for one
+    the distance is to the nearest mean a coat of that pattern can have: its colour mixed with the
+    pattern colour at a share within PATTERN_SHARE."""
+    mean = np.asarray(image, np.float32)[..., :3][where].mean(0)  # (3,)
+    if thing.pattern == "plain":
+        return float(np.linalg.norm(mean - paint(thing, where.shape[0])[where].mean(0)))
+    a, b = np.float32(COLOURS[thing.colour]), np.float32(COLOURS[pattern_colour(thing.colour)])
+    lo, hi = PATTERN_SHARE[thing.pattern]
+    share = np.clip(float((mean - a) @ (b - a) / ((b - a) @ (b - a))), lo, hi)
+    return float(np.linalg.norm(mean - (a + share * (b - a))))
 
 
-def colour_elsewhere(labels: np.ndarray, colour: str, scene: Scene, grow: int = 1) -> int:
-    """Pixels labelled `colour` where the scene shows no such colour (grown by `grow` pixels):
+def colour_elsewhere(labels: np.ndarray, colour: str, scene: Scene, grow: int = 1, own: np.ndarray | None = None) -> int:
+    """Pixels labelled `colour` where the scene shows no such colour (grown by `grow` pixels), nor
+    inside `own` (the edited object's silhouette, (H, W) bool, whose stripes may lie anywhere on it):
     how far the colour spilled onto the background or the other objects."""
     shown = np.all(np.asarray(render(scene)[0]) == np.array(COLOURS[colour], np.uint8), axis=-1)
+    if own is not None:
+        shown = shown | own
     allowed = binary_dilation(shown, iterations=grow) if shown.any() else shown
     return int(((labels == colour) & ~allowed).sum())
 
@@ -267,10 +295,14 @@ SILHOUETTE_IOU = 0.5  # painted region vs the object's silhouette (colour and pa
 LEGS_COVER = 0.3  # horses: share of the legs painted (the target through the VAE: 5th percentile 0.61, minimum 0.35)
 AREA_RANGE = (0.6, 1.5)  # painted area over the object's (colour and pattern edits)
 SHAPE_IOU, SHAPE_MARGIN = 0.6, 0.05  # shape edits: IoU with the target shape, and its lead over the source's
-REPEAT = 0.3  # a pattern's correlation with itself one period across
+PATTERN_SHARE = {"striped": (0.3, 0.7), "dotted": (0.12, 0.5)}  # the pattern colour's share of a coat of each pattern
+REPEAT = 0.3  # a pattern's correlation with itself one period across (and its anticorrelation half a period across)
+PERIOD_RANGE = (0.7, 1.45)  # stripe periods, as multiples of the world's, that still count as its stripes
+HALF_PERIOD = 0.1  # stripes: their anticorrelation half a period across (blurred noise stays positive)
 SPILL = 0.1  # target-colour pixels elsewhere, as a share of the object's area
 BACKGROUND_ERROR = 30.0  # removal: RGB distance of the region's mean colour from the background's
 PALETTE_EXCESS = 0.15  # removal: share of palette-coloured pixels beyond what the background has
+PART_SHOWN = 0.4  # whole_zebra: the share of each leg and of the head that must show the coat
 TEXTURE_RATIO = 0.1  # removal: the region's fine texture against the background's
 
 
@@ -284,9 +316,9 @@ def colour_success(edit: Edit, image, labels) -> bool:
     return (on_coat(image, tgt, inside) >= ON_COAT
             and (edit.kind != "colour" or own_colour_in_place(image, tgt, inside))
             and mean_colour_error(image, tgt, inside) <= MEAN_COLOUR_ERROR
-            and keeps_place(painted_region(image, labels, tgt, edit.target, edit.index), tgt, size)
+            and keeps_place(painted_region(image, labels, tgt, edit.target, edit.index), tgt, size, on_coat_mask(image, labels, tgt))
             and pattern_of(image, tgt, inside) == tgt.pattern
-            and colour_elsewhere(labels, tgt.colour, edit.target) <= SPILL * shape_mask(tgt, size).sum())
+            and colour_elsewhere(labels, tgt.colour, edit.target, own=shape_mask(tgt, size)) <= SPILL * shape_mask(tgt, size).sum())
 
 
 def shape_success(edit: Edit, image, labels) -> bool:
@@ -312,7 +344,7 @@ def pattern_success(edit: Edit, image, labels) -> bool:
     return (on_coat(image, tgt, inside) >= ON_COAT
             and mean_colour_error(image, tgt, inside) <= MEAN_COLOUR_ERROR
             and pattern_of(image, tgt, inside) == tgt.pattern
-            and keeps_place(painted_region(image, labels, tgt, edit.target, edit.index), tgt, size))
+            and keeps_place(painted_region(image, labels, tgt, edit.target, edit.index), tgt, size, on_coat_mask(image, labels, tgt)))
 
 
 def fine_texture(image, where: np.ndarray) -> float:
@@ -335,6 +367,28 @@ def removal_success(edit: Edit, image, labels) -> bool:
     expected = _fraction(colour_labels(truth, edit.source.background), region, list(COLOURS))
     texture = fine_texture(image, region) >= TEXTURE_RATIO * fine_texture(truth, region)
     return error <= BACKGROUND_ERROR and palette - expected <= PALETTE_EXCESS and texture
+
+
+def horse_parts_shown(image, thing: Thing, background: str) -> dict[str, float]:
+    """The share of each of a horse's parts (`shapes.horse_part_masks`: four legs, head) that shows
+    its coat in either colour, on a scene of `background`: {part: share in [0, 1]}."""
+    arr = np.asarray(image)
+    coat = on_coat_mask(arr, colour_labels(arr, background), thing)
+    parts = horse_part_masks(thing, arr.shape[0])
+    return {name: float(coat[m].mean()) for name, m in parts.items() if name != "body"}
+
+
+def whole_zebra(edited, edit: Edit) -> bool:
+    """A stricter judge of a horse -> zebra edit: the edit passes `edit_success`, each of the four
+    legs and the head shows the zebra's coat over at least PART_SHOWN of its pixels, and the body
+    (less its rim) is striped."""
+    tgt = edit.target.things[edit.index]
+    if tgt.name != "zebra":
+        raise ValueError(f"edit must turn a horse into a zebra, its target is {tgt.phrase!r}")
+    arr = np.asarray(edited)
+    body = core(horse_part_masks(tgt, arr.shape[0])["body"])
+    shown = horse_parts_shown(arr, tgt, edit.target.background)
+    return edit_success(arr, edit) and min(shown.values()) >= PART_SHOWN and pattern_of(arr, tgt, body) == "striped"
 
 
 SUCCESS_CHECKS = {"colour": colour_success, "shape": shape_success, "pattern": pattern_success, "removal": removal_success}

@@ -142,6 +142,8 @@ def _polygon_mask(size, points):
     return np.asarray(img) > 0
 
 
+HORSE_LEGS, LEG_WIDTH = (3.2, 5.2, 9.6, 11.4), 1.3  # each leg's left edge and its width, in the 16-unit box
+HORSE_HEAD = ((11.5, 1.5), (15.5, 3.5), (15, 5), (12.5, 4))  # the head's corners in the 16-unit box
 LEGS_FROM = 10.8  # in the horse's 16-unit box, below the body (to 10.5) and the tail (to 10.8) only legs remain
 
 
@@ -154,9 +156,9 @@ def _horse_mask(size, cx, cy, s):
     Y = lambda v: cy + (v - 8) * u  # noqa: E731
     d.ellipse([X(2.5), Y(5), X(12.5), Y(10.5)], fill=255)  # body
     d.polygon([(X(10), Y(6.5)), (X(12), Y(2)), (X(14), Y(2.5)), (X(12.5), Y(7.5))], fill=255)  # neck
-    d.polygon([(X(11.5), Y(1.5)), (X(15.5), Y(3.5)), (X(15), Y(5)), (X(12.5), Y(4))], fill=255)  # head
-    for left in (3.2, 5.2, 9.6, 11.4):  # legs
-        d.rectangle([X(left), Y(9), X(left + 1.3), Y(15.5)], fill=255)
+    d.polygon([(X(v), Y(w)) for v, w in HORSE_HEAD], fill=255)  # head
+    for left in HORSE_LEGS:  # legs
+        d.rectangle([X(left), Y(9), X(left + LEG_WIDTH), Y(15.5)], fill=255)
     d.polygon([(X(3), Y(6)), (X(0.8), Y(10.5)), (X(1.8), Y(10.8)), (X(3.5), Y(7.5))], fill=255)  # tail
     return np.asarray(img) > 0
 
@@ -168,6 +170,26 @@ def horse_legs_mask(thing: Thing, size: int) -> np.ndarray:
     u = thing.size / 16
     below_body = np.mgrid[0:size, 0:size][0] + 0.5 > thing.cy + (LEGS_FROM - 8) * u  # (size, size)
     return shape_mask(thing, size) & below_body
+
+
+def horse_part_masks(thing: Thing, size: int) -> dict[str, np.ndarray]:
+    """A horse's parts in the same 16 x 16 box as `_horse_mask`, each (size, size) bool: "leg 1" to
+    "leg 4" (left to right, below the body and tail), "head", and "body" (the ellipse)."""
+    if thing.shape != "horse":
+        raise ValueError(f"thing must be a horse, got a {thing.shape}")
+    u = thing.size / 16
+    X = lambda v: thing.cx + (v - 8) * u  # noqa: E731
+    Y = lambda v: thing.cy + (v - 8) * u  # noqa: E731
+    silhouette, legs = shape_mask(thing, size), horse_legs_mask(thing, size)
+    parts = {}
+    for i, left in enumerate(HORSE_LEGS, start=1):
+        parts[f"leg {i}"] = legs & _polygon_mask(size, [(X(left), Y(9)), (X(left + LEG_WIDTH), Y(9)),
+                                                        (X(left + LEG_WIDTH), Y(15.5)), (X(left), Y(15.5))])
+    parts["head"] = silhouette & _polygon_mask(size, [(X(v), Y(w)) for v, w in HORSE_HEAD])
+    img = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(img).ellipse([X(2.5), Y(5), X(12.5), Y(10.5)], fill=255)
+    parts["body"] = np.asarray(img) > 0
+    return parts
 
 
 def shape_mask(thing: Thing, size: int) -> np.ndarray:
