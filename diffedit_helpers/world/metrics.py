@@ -232,7 +232,7 @@ def pattern_of(image, thing: Thing, where: np.ndarray) -> str | None:
                        for lag in range(max(2, int(PERIOD_RANGE[0] * period)), int(np.ceil(PERIOD_RANGE[1] * period)) + 1))
         return max(lag_correlation(share, where, lag) for lag in {int(period), int(np.ceil(period))}) >= REPEAT
 
-    if f["spread"] >= 0.2 and f["columns"] >= 0.85 and within(f["mean"], PATTERN_SHARE["striped"]) and repeats("striped"):
+    if f["spread"] >= 0.2 and f["columns"] >= STRIPE_COLUMNS and within(f["mean"], PATTERN_SHARE["striped"]) and repeats("striped"):
         return "striped"
     if (f["spread"] >= 0.15 and f["columns"] < 0.85 and f["rows"] < 0.85 and within(f["mean"], PATTERN_SHARE["dotted"])
             and repeats("dotted")):
@@ -298,6 +298,7 @@ SHAPE_IOU, SHAPE_MARGIN = 0.6, 0.05  # shape edits: IoU with the target shape, a
 PATTERN_SHARE = {"striped": (0.3, 0.7), "dotted": (0.12, 0.5)}  # the pattern colour's share of a coat of each pattern
 REPEAT = 0.3  # a pattern's correlation with itself one period across (and its anticorrelation half a period across)
 PERIOD_RANGE = (0.7, 1.45)  # stripe periods, as multiples of the world's, that still count as its stripes
+STRIPE_COLUMNS = 0.9  # stripes: the share of the coat's variance its column means explain (blurred dots reach 0.86)
 HALF_PERIOD = 0.1  # stripes: their anticorrelation half a period across (blurred noise stays positive)
 SPILL = 0.1  # target-colour pixels elsewhere, as a share of the object's area
 BACKGROUND_ERROR = 30.0  # removal: RGB distance of the region's mean colour from the background's
