@@ -1,19 +1,21 @@
 """The CLI end to end in a temporary folder, the training command, and the bundled model's folder."""
 
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from diffedit_helpers import DiffEditConfig, diffedit, load_model
 from diffedit_helpers.cli import DEMO_GUIDANCE, DEMO_SEED, main
 from diffedit_helpers.models import BUNDLED_PATH
 from diffedit_helpers.world.metrics import edit_success
-from diffedit_helpers.world.shapes import horse_scene, make_edit, render
-from diffedit_helpers.world.train import ParamEMA, min_snr_weights
+from diffedit_helpers.world.shapes import horse_scene, make_edit, random_scene, render
+from diffedit_helpers.world.train import ParamEMA, caption_variant, min_snr_weights, pyramid_noise, training_record
 from diffedit_helpers.world.train import main as train_main
 
 
@@ -145,3 +147,68 @@ def test_bundled_folder_is_a_diffusers_stable_diffusion_folder():
                                                    requires_safety_checker=False)
     assert pipe.vae_scale_factor == 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+
+
+# ----------------------------------------------------------------------------- training noise, captions, checkpoints
+def test_pyramid_noise_is_white_at_discount_zero_and_has_coarse_power_otherwise():
+    shape = (8, 4, 16, 16)
+    white = pyramid_noise(shape, torch.Generator().manual_seed(0), 0.0)
+    assert torch.equal(white, torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+    coarse = pyramid_noise(shape, torch.Generator().manual_seed(0), 0.7)
+    assert coarse.shape == shape and coarse.dtype == torch.float32
+    assert torch.allclose(coarse.std(dim=(1, 2, 3)), torch.ones(8), atol=1e-5)  # each sample at unit variance
+    # a 4x4 block's mean varies far more than white noise's (1/4 of its std): the coarse scales are there
+    assert F.avg_pool2d(coarse, 4).std() > 1.5 * F.avg_pool2d(white, 4).std()
+
+
+def test_caption_variants_leave_out_colours_and_background_but_never_a_pattern_word():
+    rng = np.random.default_rng(0)
+    scenes = [random_scene(s) for s in range(200)]
+    assert [caption_variant(s, rng, 0.0) for s in scenes] == [s.caption for s in scenes]
+    words = set(training_record([s.caption for s in scenes])["words"])
+    variants = [caption_variant(s, rng, 0.5) for s in scenes]
+    assert any(v != s.caption for v, s in zip(variants, scenes))
+    for v, s in zip(variants, scenes):
+        assert set(v.split()) <= words | {"a", "an"}, v
+        for t in s.things:  # the shape is always named; a pattern word stays (a zebra may be "a striped horse")
+            assert t.shape in v or t.name == "zebra" and "zebra" in v, (v, s.caption)
+            if t.pattern != "plain":
+                assert t.pattern in v or "zebra" in v, (v, s.caption)
+    assert caption_variant(scenes[3], np.random.default_rng(1), 0.5) == caption_variant(scenes[3], np.random.default_rng(1), 0.5)
+
+
+def test_training_stopped_midway_resumes_to_the_same_model(tmp_path, monkeypatch):
+    import diffedit_helpers.world.train as train_module
+
+    tiny = ["--scenes", "24", "--vae-steps", "2", "--vae-batch", "4", "--unet-steps", "3", "--unet-batch", "4",
+            "--tune-steps", "3", "--noise-discount", "0.6", "--caption-dropout", "0.3", "--checkpoint-every", "2", "--warmup", "1"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train_main(["--out", str(whole), *tiny])
+    real_lr, calls = train_module.cosine_lr, []
+
+    def stop_in_stage_4(step, total, base, warmup=100):  # 2 VAE steps, 3 of stage 3, then stage 4's third, after its first checkpoint
+        calls.append(step)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return real_lr(step, total, base, warmup)
+
+    monkeypatch.setattr(train_module, "cosine_lr", stop_in_stage_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(["--out", str(resumed), *tiny])
+    assert (tmp_path / "resumed.ckpt" / "stage4.pt").exists() and not (resumed / "unet").exists()
+    monkeypatch.setattr(train_module, "cosine_lr", real_lr)
+    train_main(["--out", str(resumed), *tiny])
+    assert not (tmp_path / "resumed.ckpt").exists()  # checkpoints go once the model is saved
+    a, b = load_model(whole), load_model(resumed)
+    for (name, p), q in zip(a.unet.state_dict().items(), b.unet.state_dict().values()):
+        assert torch.equal(p, q), f"resuming changed {name}"
+    recipe = json.loads((resumed / "training.json").read_text())["recipe"]
+    assert recipe["noise_discount"] == 0.6 and recipe["tune_steps"] == 3
+
+
+def test_training_options_out_of_range_are_refused(tmp_path, capsys):
+    for option, value in (("--noise-discount", "1.0"), ("--caption-dropout", "-0.1"), ("--tune-steps", "-1"), ("--checkpoint-every", "0")):
+        with pytest.raises(SystemExit):
+            train_main(["--out", str(tmp_path / "m"), option, value])
+        assert option in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

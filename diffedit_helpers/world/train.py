@@ -43,6 +43,8 @@ PIXEL_RANGE = 2.0  # pixels are trained in [-1, 1]: PSNR's peak is that range, 2
 L1_WEIGHT = 0.5  # the VAE's reconstruction loss: MSE + L1_WEIGHT * L1 (L1 keeps edges sharper)
 LOSS_SMOOTHING = 0.98  # the logged UNet loss is an exponential average with this decay
 LOG_EVERY = 100  # steps between log lines
+# stage 4's defaults (the bundled model's recipe): steps, coarse-noise share, caption word dropout
+TUNE_STEPS, NOISE_DISCOUNT, CAPTION_DROPOUT = 0, 0.0, 0.0
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,45 @@ def cosine_lr(step, total, base, warmup=100):
     if step < warmup:
         return base * (step + 1) / warmup
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def pyramid_noise(shape, generator, discount: float = 0.0) -> torch.Tensor:
+    """Gaussian noise (B, C, h, w) with extra noise at coarser scales, rescaled to unit variance.
+
+    discount 0 is plain white noise. Otherwise white noise at h x w plus white noise drawn at
+    h/2, h/4, ... down to 1 x 1, upsampled bilinearly and weighted discount, discount**2, ...:
+    at a given timestep a region's mean colour is hidden as well as its texture, so the model
+    learns to take colours from the caption and outlines from the picture. Only training
+    draws it; sampling and editing noise stays white.
+    """
+    noise = torch.randn(shape, generator=generator)
+    if discount <= 0:
+        return noise
+    b, c, h, w = shape
+    level, size = 1, min(h, w) // 2
+    while size >= 1:
+        coarse = torch.randn((b, c, size, size), generator=generator)  # (B, C, s, s)
+        noise = noise + discount**level * F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+        level, size = level + 1, size // 2
+    return noise / noise.std(dim=(1, 2, 3), keepdim=True)  # each sample back to unit variance
+
+
+def caption_variant(scene, rng: np.random.Generator, p_drop: float = 0.0) -> str:
+    """The scene's caption with words left out, as real captions leave things unsaid: each
+    object's colour word and the background phrase are each dropped with probability `p_drop`
+    ("a striped square", "a red circle"; a zebra without its colour is "a striped horse").
+    Pattern words stay, so a caption without one still means a plain object."""
+    if p_drop <= 0 or not scene.things:
+        return scene.caption
+    phrases = []
+    for t in scene.things:
+        if rng.random() >= p_drop:
+            phrases.append(t.phrase)
+            continue
+        name = " ".join(([] if t.pattern == "plain" else [t.pattern]) + [t.shape])
+        phrases.append(("an " if name[0] in "aeiou" else "a ") + name)
+    caption = " and ".join(phrases)
+    return caption if rng.random() < p_drop else f"{caption} on {scene.background}"
 
 
 # ----------------------------------------------------------------------------- stages
@@ -148,33 +189,78 @@ class ParamEMA:
             p.copy_(s)
 
 
+def tokenize(tokenizer, captions) -> torch.Tensor:
+    "Captions -> token ids (N, tokenizer.model_max_length), padded as the pipelines pad them."
+    return tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def save_checkpoint(path, step, modules, opt, averaged, gen, smooth_loss):
+    "Everything training needs to go on from `step`, written whole (a temporary file, then renamed)."
+    path = Path(path)
+    state = dict(step=step, modules=[m.state_dict() for m in modules], opt=opt.state_dict(), gen=gen.get_state(),
+                 smooth_loss=smooth_loss, ema=None if averaged is None else (averaged.shadow, averaged.updates))
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path, modules, opt, averaged, gen) -> tuple[int, float | None]:
+    "Restore what `save_checkpoint` wrote; returns (the step to go on from, the logged loss)."
+    state = torch.load(path, weights_only=False)
+    for m, sd in zip(modules, state["modules"]):
+        m.load_state_dict(sd)
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["gen"])
+    if averaged is not None and state["ema"] is not None:
+        shadow, averaged.updates = state["ema"]
+        for s, v in zip(averaged.shadow, shadow):
+            s.copy_(v)
+    return state["step"], state["smooth_loss"]
+
+
 def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, steps, batch_size, lr, gen, p_uncond=0.1,
-               snr_gamma: float = 5.0, ema_decay: float = 0.999, warmup: int = 100):
+               snr_gamma: float = 5.0, ema_decay: float = 0.999, warmup: int = 100, scenes=None,
+               caption_dropout: float = 0.0, noise_discount: float = 0.0, checkpoint=None, checkpoint_every: int = 200):
     """Train the UNet and text encoder together; at the end both hold the EMA of their weights.
 
     snr_gamma: Min-SNR-gamma loss weighting (0 turns it off); ema_decay: 0 keeps the raw weights.
+    scenes, caption_dropout: with the training scenes, each step captions them by `caption_variant`
+        (words left out with that probability) instead of the exact `captions`.
+    noise_discount: the coarse-scale share of the training noise (`pyramid_noise`; 0 = white).
+    checkpoint: a file written every `checkpoint_every` steps; if it exists, training goes on from it.
     """
-    ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids = tokenize(tokenizer, captions + [""])
     empty_ids, ids = ids[-1], ids[:-1]
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     alphas = scheduler.alphas_cumprod
     unet.train(), text_encoder.train()
     averaged = ParamEMA([unet, text_encoder], ema_decay) if ema_decay > 0 else None
-    smooth_loss = None
-    for step in range(steps):
+    first, smooth_loss = 0, None
+    if checkpoint is not None and Path(checkpoint).exists():
+        first, smooth_loss = load_checkpoint(checkpoint, [unet, text_encoder], opt, averaged, gen)
+        logger.info(f"resuming from {checkpoint} at step {first}")
+    for step in range(first, steps):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, lr, warmup)
+        # 1. a batch of latents and their captions (some left empty, for classifier-free guidance)
         idx = torch.randint(len(latents), (batch_size,), generator=gen)
         x0 = latents[idx]  # (B, C, h, w), already scaled
-        tok = ids[idx].clone()
+        if scenes is not None and caption_dropout > 0:
+            rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=gen)))
+            tok = tokenize(tokenizer, [caption_variant(scenes[i], rng, caption_dropout) for i in idx.tolist()])
+        else:
+            tok = ids[idx].clone()
         drop = torch.rand(batch_size, generator=gen) < p_uncond
         tok[drop] = empty_ids
+        # 2. noise them to random timesteps
         t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+        noise = pyramid_noise(x0.shape, gen, noise_discount)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        cond = text_encoder(tok).last_hidden_state  # (B, 77, D)
+        # 3. predict the noise (or v) and step on the weighted loss
+        cond = text_encoder(tok).last_hidden_state  # (B, L, D)
         pred = unet(xt, t, encoder_hidden_states=cond).sample
         target = noise if scheduler.config.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
         per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
@@ -190,6 +276,8 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, step
         smooth_loss = loss.item() if smooth_loss is None else LOSS_SMOOTHING * smooth_loss + (1 - LOSS_SMOOTHING) * loss.item()
         if step % LOG_EVERY == 0 or step == steps - 1:
             logger.info(f"unet step {step:5d}/{steps} loss {smooth_loss:.4f}")
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step == steps - 1):
+            save_checkpoint(checkpoint, step + 1, [unet, text_encoder], opt, averaged, gen, smooth_loss)
     if averaged is not None:
         averaged.copy_to_params()
     unet.eval(), text_encoder.eval()
@@ -205,9 +293,10 @@ def training_record(captions, image_size: int = IMAGE_SIZE) -> dict:
             "words": words}
 
 
-def save_folder(out, comps, scaling_factor, dtype=torch.float16, captions=None, image_size: int = IMAGE_SIZE):
+def save_folder(out, comps, scaling_factor, dtype=torch.float16, captions=None, image_size: int = IMAGE_SIZE,
+                recipe: dict | None = None):
     """Save in diffusers format (safetensors), weights stored in `dtype` to keep the package small;
-    with the training `captions`, also training.json (`training_record`)."""
+    with the training `captions`, also training.json (`training_record`, with the `recipe` if given)."""
     import diffusers
 
     out = Path(out)
@@ -235,7 +324,10 @@ def save_folder(out, comps, scaling_factor, dtype=torch.float16, captions=None, 
     }
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     if captions is not None:
-        (tmp / TRAINING_FILE).write_text(json.dumps(training_record(captions, image_size), indent=1) + "\n")
+        record = training_record(captions, image_size)
+        if recipe is not None:
+            record["recipe"] = recipe
+        (tmp / TRAINING_FILE).write_text(json.dumps(record, indent=1) + "\n")
     for name in ("vae", "unet", "text_encoder"):  # keep tokenizer sources if out is the bundle itself
         if (out / name).exists():
             shutil.rmtree(out / name)
@@ -266,7 +358,23 @@ def main(argv=None):
                    help="continue training this folder's model: its VAE and latent scaling are kept (stage 1 skipped), "
                         "its UNet and text encoder are the starting weights of stage 3")
     p.add_argument("--warmup", type=int, default=100, help="UNet steps of linear learning-rate warm-up")
+    p.add_argument("--tune-steps", type=int, default=TUNE_STEPS,
+                   help=f"stage 4: UNet steps after stage 3 with the noise and captions below (default {TUNE_STEPS})")
+    p.add_argument("--tune-lr", type=float, default=3e-4, help="stage 4's peak learning rate (default 3e-4)")
+    p.add_argument("--noise-discount", type=float, default=NOISE_DISCOUNT,
+                   help=f"stage 4's coarse-scale share of the training noise, in [0, 1) (0: white; default {NOISE_DISCOUNT})")
+    p.add_argument("--caption-dropout", type=float, default=CAPTION_DROPOUT,
+                   help=f"stage 4: probability of leaving out each colour word and the background phrase (default {CAPTION_DROPOUT})")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="UNet steps between checkpoints (default 200)")
     args = p.parse_args(argv)
+    if args.checkpoint_every < 1:
+        p.error(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+    for name in ("noise_discount", "caption_dropout"):
+        if not 0 <= getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
+    for name in ("unet_steps", "tune_steps"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if Path(args.out).resolve() != Path(TOKENIZER_SOURCE).parent.resolve() and Path(args.out).exists() and any(Path(args.out).iterdir()):
         p.error(f"--out {args.out!r} exists and is not empty; choose a new folder")
     handler = logging.StreamHandler(sys.stdout)
@@ -290,30 +398,62 @@ def load_trained(folder, comps):
     return comps["vae"].config.scaling_factor
 
 
+def checkpoint_folder(out) -> Path:
+    "Where a run to `out` keeps its checkpoints (beside it, removed once the model is saved)."
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def recipe(args) -> dict:
+    "The training options that made the model, as training.json records them."
+    keys = ("scenes", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "lr", "snr_gamma", "ema_decay", "seed", "warmup",
+            "tune_steps", "tune_lr", "noise_discount", "caption_dropout", "init_from")
+    return {k: getattr(args, k) for k in keys}
+
+
 def train(args):
-    "The three stages with the parsed options; the model is saved to args.out."
-    gen = torch.Generator().manual_seed(args.seed)
+    """The stages with the parsed options; the model is saved to args.out. Each stage has its own
+    seeded generator and checkpoints in `checkpoint_folder(args.out)`: a run stopped at any point
+    and started again with the same options goes on where it stopped."""
+    from diffusers import AutoencoderKL
+
+    ckpt = checkpoint_folder(args.out)
+    ckpt.mkdir(parents=True, exist_ok=True)
     comps = build_components(seed=args.seed)
     images, captions = make_scenes(args.scenes)
     logger.info(f"rendered {len(images)} scenes")
     scaling = None
+    # 1. the VAE: trained (and kept in the checkpoint folder), or another model's
     if args.init_from:
         scaling = load_trained(args.init_from, comps)
         logger.info(f"continuing from {args.init_from} (latent scaling factor {scaling:.4f})")
     elif args.vae_from:
-        from diffusers import AutoencoderKL
-
         comps["vae"] = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae", torch_dtype=torch.float32)
+    elif (ckpt / "vae").exists():
+        comps["vae"] = AutoencoderKL.from_pretrained(ckpt / "vae", torch_dtype=torch.float32)
+        logger.info(f"VAE from {ckpt / 'vae'}")
     else:
-        train_vae(comps["vae"], images, args.vae_steps, args.vae_batch, args.lr, gen)
+        train_vae(comps["vae"], images, args.vae_steps, args.vae_batch, args.lr, torch.Generator().manual_seed(args.seed))
+        comps["vae"].save_pretrained(ckpt / "vae")
+    # 2. every scene to latents once
     raw = encode_all(comps["vae"], images)
     scaling = scaling or 1.0 / raw.std().item()
     latents = raw * scaling
     logger.info(f"encoded latents {tuple(latents.shape)}, std {raw.std().item():.3f} -> scaling factor {scaling:.4f}")
-    train_unet(comps["unet"], comps["text_encoder"], comps["tokenizer"], latents, captions, comps["scheduler"],
-               args.unet_steps, args.unet_batch, args.lr, gen, snr_gamma=args.snr_gamma, ema_decay=args.ema_decay,
-               warmup=args.warmup)
-    save_folder(args.out, comps, scaling, captions=captions, image_size=images.shape[1])
+    unet_args = (comps["unet"], comps["text_encoder"], comps["tokenizer"], latents, captions, comps["scheduler"])
+    common = dict(snr_gamma=args.snr_gamma, ema_decay=args.ema_decay, warmup=args.warmup)
+    # 3. UNet and text encoder on exact captions and white noise
+    if args.unet_steps:
+        train_unet(*unet_args, args.unet_steps, args.unet_batch, args.lr, torch.Generator().manual_seed(args.seed + 1),
+                   checkpoint=ckpt / "stage3.pt", checkpoint_every=args.checkpoint_every, **common)
+    # 4. then on captions that leave words out and noise with coarse scales
+    if args.tune_steps:
+        scenes = [random_scene(seed) for seed in range(args.scenes)]
+        train_unet(*unet_args, args.tune_steps, args.unet_batch, args.tune_lr, torch.Generator().manual_seed(args.seed + 2),
+                   scenes=scenes, caption_dropout=args.caption_dropout, noise_discount=args.noise_discount,
+                   checkpoint=ckpt / "stage4.pt", checkpoint_every=args.checkpoint_every, **common)
+    save_folder(args.out, comps, scaling, captions=captions, image_size=images.shape[1], recipe=recipe(args))
+    shutil.rmtree(ckpt)
     logger.info(f"saved to {args.out}")
 
 
