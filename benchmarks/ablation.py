@@ -75,10 +75,10 @@ def measure_model(path: str, config: DiffEditConfig, scenes: int, first_seed: in
     out = dict(path=path, minutes=(time.perf_counter() - t0) / 60, seconds_per_edit=float(np.median([r["seconds"] for r in rows])))
     for kind in EDIT_KINDS:
         sel = [r for r in rows if r["kind"] == kind]
-        out[kind] = dict(n=len(sel), success=sum(r["success"] for r in sel), iou=float(np.mean([r["iou"] for r in sel])))
+        out[kind] = dict(n=len(sel), success=int(sum(bool(r["success"]) for r in sel)), iou=float(np.mean([r["iou"] for r in sel])))
     out["mask_iou"] = float(np.mean([r["iou"] for r in rows if r["kind"] in EVAL_KINDS]))
-    out["null"] = dict(n=len(null), success=sum(null))
-    out["zebra"] = dict(n=len(zebras), success=sum(zebras))
+    out["null"] = dict(n=len(null), success=int(sum(null)))
+    out["zebra"] = dict(n=len(zebras), success=int(sum(zebras)))
     return out
 
 
