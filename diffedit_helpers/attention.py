@@ -36,6 +36,9 @@ from .text import encode_prompts
 # Stable Diffusion's 32x32 and 16x16 layers at 512 px (the ones Prompt-to-Prompt and DAAM use), and the
 # bundled model's 8x8 and 4x4 (its only cross-attention layers)
 DEFAULT_DOWNSCALES = (2, 4)
+# the normalised map binarised in the middle, as the DiffEdit paper binarises its map; benchmarks/attention.py
+# measures the best threshold on scenes apart from the held-out ones
+ATTENTION_THRESHOLD = 0.5
 DEFAULT_STRENGTHS = (0.3, 0.5, 0.7)  # noise levels the image is seen at, fractions of the schedule (like mask_strength)
 
 
