@@ -212,8 +212,13 @@ def mask_maps(model, image, x0, source_emb, target_emb, scheduler, config, gener
     raw_map = upsample_map(normalise_map(raw), (image.height, image.width)).astype(np.float32)
     if not config.refine or not raw_map.any():
         return raw_map, raw_map
+    return raw_map, refine_for(model, raw_map, image, config)
+
+
+def refine_for(model, a_map: np.ndarray, image, config) -> np.ndarray:
+    "`refine_map` with a config's window (`refine_radius` latent cells, in pixels for `model`) and ridge term."
     radius = config.refine_radius * model.vae_scale_factor  # latent cells -> pixels
-    return raw_map, refine_map(raw_map, image, radius, config.refine_eps)
+    return refine_map(a_map, image, radius, config.refine_eps)
 
 
 def check_finite(x: torch.Tensor, what: str, model, setting: str | None = None):
