@@ -188,6 +188,18 @@ def post_recipe_mask(raw_map: np.ndarray, threshold: float = 0.1, blur: int = 7)
     return threshold_mask(blur_mask(binary, blur), threshold)
 
 
+def ratio_mask(raw: torch.Tensor | np.ndarray, ratio: float = 3.0) -> np.ndarray:
+    """diffusers' DiffEdit rule (its `mask_thresholding_ratio`) instead of min-max: clamp the raw map
+    at `ratio` x its mean, divide by that, keep what is above 0.5, i.e. the cells above ratio / 2 x
+    the mean. The scale is the map's mean, not its range, so one extreme cell cannot move it.
+    raw: (h, w), not normalised. Returns (h, w) float32 in {0, 1}."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < float("inf"):
+        raise ValueError(f"ratio must be a number > 0 (diffusers' default is 3.0), got {ratio!r}")
+    m = torch.as_tensor(np.asarray(raw, dtype=np.float32))
+    clamp = m.mean() * ratio
+    return (m.clamp(0, clamp) / clamp > 0.5).numpy().astype(np.float32)
+
+
 def latent_mask(mask: np.ndarray, latent_size: tuple[int, int], device=None, dtype=torch.float32) -> torch.Tensor:
     """Pixel mask (H, W) -> latent mask (1, 1, h, w): a latent cell is edited if any of its
     pixels is in the mask, so the edit covers the whole object."""
