@@ -19,15 +19,22 @@ from diffedit_helpers.mask import ratio_mask as peer_mask_at  # the peer's thres
 PEER_RATIO = 3.0  # diffusers' mask_thresholding_ratio default: clamp at 3x the mean, keep > 0.5 (> 1.5x the mean)
 
 
-def load_peer(folder, dtype=torch.float32, device="cpu"):
-    "diffusers' StableDiffusionDiffEditPipeline from a local SD folder, no safety checker, progress bars off."
-    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
+def quiet_logs():
+    "diffusers' and transformers' logs down to errors and their progress bars off (the peers' deprecation notes, loading bars)."
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
     tlog.disable_progress_bar()
+
+
+def load_peer(folder, dtype=torch.float32, device="cpu"):
+    "diffusers' StableDiffusionDiffEditPipeline from a local SD folder, no safety checker, progress bars off."
+    quiet_logs()  # before the import: importing the pipelines logs
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = StableDiffusionDiffEditPipeline.from_pretrained(
@@ -41,6 +48,7 @@ def load_peer(folder, dtype=torch.float32, device="cpu"):
 
 def peer_from_components(vae, text_encoder, tokenizer, unet, scheduler_config):
     "The same pipeline built from components already in memory (the GPU benchmark's random ones)."
+    quiet_logs()  # before the import: importing the pipelines logs
     from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
 
     with warnings.catch_warnings():
@@ -185,11 +193,9 @@ class LeditsSettings:
 def load_leditspp(folder, dtype=torch.float32, device="cpu"):
     """diffusers' LEditsPPPipelineStableDiffusion from a local SD folder, with the multistep
     DPM-Solver++ scheduler (algorithm "sde-dpmsolver++") that LEDITS++'s inversion needs."""
+    quiet_logs()  # before the import: importing the pipelines logs
     from diffusers import LEditsPPPipelineStableDiffusion
-    from diffusers.utils import logging as dlog
 
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = LEditsPPPipelineStableDiffusion.from_pretrained(str(folder), torch_dtype=dtype, safety_checker=None,
@@ -208,6 +214,7 @@ def leditspp_scheduler(scheduler_config):
 
 def leditspp_from_components(vae, text_encoder, tokenizer, unet, scheduler_config):
     "The same pipeline built from components already in memory (shared, not copied: a notebook's model, in its dtype)."
+    quiet_logs()  # before the import: importing the pipelines logs
     from diffusers import LEditsPPPipelineStableDiffusion
 
     with warnings.catch_warnings():

@@ -134,20 +134,27 @@ class AttentionMaps:
                for g in grids]
         return torch.stack(ups).mean(dim=0)
 
-    def word_index(self, word: str) -> list[int]:
-        "The token positions of `word` (its first occurrence, compared in lower case)."
-        for w, positions in self.words:
-            if isinstance(word, str) and w == word.lower():
-                return positions
-        raise ValueError(f"word must be one of the prompt's words {[w for w, _ in self.words]}, got {word!r}")
+    def word_index(self, word: str, occurrence: int | None = 0) -> list[int]:
+        """The token positions of `word` (compared in lower case): of its `occurrence`-th appearance
+        in the prompt (0: the first), or of every appearance for None."""
+        found = [positions for w, positions in self.words if isinstance(word, str) and w == word.lower()]
+        if not found:
+            raise ValueError(f"word must be one of the prompt's words {[w for w, _ in self.words]}, got {word!r}")
+        if occurrence is None:
+            return [p for positions in found for p in positions]
+        if isinstance(occurrence, bool) or not isinstance(occurrence, int) or not 0 <= occurrence < len(found):
+            raise ValueError(f"occurrence must be None (all) or an integer in [0, {len(found) - 1}] "
+                             f"({word!r} appears {len(found)} times), got {occurrence!r}")
+        return found[occurrence]
 
-    def word_raw(self, word: str, grids=None) -> torch.Tensor:
-        "The attention the latent grid pays to `word` (summed over its tokens), (h, w): probabilities, not normalised."
-        return self.averaged(grids)[self.word_index(word)].sum(dim=0)
+    def word_raw(self, word: str, grids=None, occurrence: int | None = 0) -> torch.Tensor:
+        """The attention the latent grid pays to `word` (summed over its tokens; over every appearance
+        for occurrence=None), (h, w): probabilities, not normalised."""
+        return self.averaged(grids)[self.word_index(word, occurrence)].sum(dim=0)
 
-    def word_map(self, word: str, grids=None) -> np.ndarray:
+    def word_map(self, word: str, grids=None, occurrence: int | None = 0) -> np.ndarray:
         "`word`'s attention, min-max normalised and upsampled to the image: (H, W) float32 in [0, 1], like a difference map."
-        return upsample_map(normalise_map(self.word_raw(word, grids)), self.image_size).astype(np.float32)
+        return upsample_map(normalise_map(self.word_raw(word, grids, occurrence)), self.image_size).astype(np.float32)
 
 
 def prompt_words(tokenizer, prompt: str) -> list[tuple[str, list[int]]]:

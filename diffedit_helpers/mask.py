@@ -197,6 +197,8 @@ def ratio_mask(raw: torch.Tensor | np.ndarray, ratio: float = 3.0) -> np.ndarray
         raise ValueError(f"ratio must be a number > 0 (diffusers' default is 3.0), got {ratio!r}")
     m = torch.as_tensor(np.asarray(raw, dtype=np.float32))
     clamp = m.mean() * ratio
+    if not clamp > 0:  # an all-zero map (identical prompts): nothing differs, nothing is kept
+        return np.zeros(m.shape, np.float32)
     return (m.clamp(0, clamp) / clamp > 0.5).numpy().astype(np.float32)
 
 
