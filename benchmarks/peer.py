@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from diffedit_helpers.attention import processors_kept
 from diffedit_helpers.mask import ratio_mask as peer_mask_at  # the peer's thresholding rule, taught in notebook 09
 
 PEER_RATIO = 3.0  # diffusers' mask_thresholding_ratio default: clamp at 3x the mean, keep > 0.5 (> 1.5x the mean)
@@ -235,18 +236,17 @@ def leditspp_masks(pipe) -> np.ndarray:
 
 
 def leditspp_invert(pipe, image, source_prompt, config, settings: LeditsSettings, generator):
-    "LEDITS++'s documented first call: invert `image` with the source prompt (our steps and guidance)."
-    pipe.invert(image=image, source_prompt=source_prompt, source_guidance_scale=config.guidance,
-                num_inversion_steps=config.steps, skip=settings.skip, generator=generator)
+    """LEDITS++'s documented first call: invert `image` with the source prompt (our steps and guidance).
+    It sets plain processors on every attention layer; a shared UNet gets its own back."""
+    with processors_kept(pipe.unet):
+        pipe.invert(image=image, source_prompt=source_prompt, source_guidance_scale=config.guidance,
+                    num_inversion_steps=config.steps, skip=settings.skip, generator=generator)
 
 
 def leditspp_edit(pipe, source_prompt, target_prompt, settings: LeditsSettings, generator):
     """Its second call, on the last inverted image: towards the target prompt, away from the
     source prompt (reverse direction), with its implicit masks (edit_threshold). A PIL image."""
     scale, threshold = settings.edit_guidance_scale, settings.edit_threshold
-    processors = dict(pipe.unet.attn_processors)  # it installs its own to store attention; a shared UNet gets its own back
-    try:
+    with processors_kept(pipe.unet):  # it installs its own to store attention; a shared UNet gets its own back
         return pipe(editing_prompt=[target_prompt, source_prompt], reverse_editing_direction=[False, True],
                     edit_guidance_scale=[scale, scale], edit_threshold=[threshold, threshold], generator=generator).images[0]
-    finally:
-        pipe.unet.set_attn_processor(processors)

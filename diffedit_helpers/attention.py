@@ -94,21 +94,28 @@ def is_cross_attention(name: str) -> bool:
 
 
 @contextmanager
+def processors_kept(unet):
+    """Within the block, code may install other attention processors on `unet`; on exit, even after
+    an error, every layer gets back the very processor it had. Yields {layer name: processor}."""
+    original = dict(unet.attn_processors)
+    try:
+        yield original
+    finally:
+        unet.set_attn_processor(dict(original))  # a copy: set_attn_processor empties the dict it is given
+
+
+@contextmanager
 def record_attention(unet, latent_size: tuple[int, int]):
     """Within the block, every cross-attention layer of `unet` records its probabilities:
     yields (sums, counts), both keyed by the layer grid (h, w), filled as the UNet runs.
     The original processors are put back on exit, even after an error."""
-    original = dict(unet.attn_processors)
-    sums, counts = {}, {}
-    recorders = {name: AttentionRecorder(p, sums, counts, latent_size) if is_cross_attention(name) else p
-                 for name, p in original.items()}
-    if not any(is_cross_attention(n) for n in original):
+    if not any(is_cross_attention(n) for n in unet.attn_processors):
         raise ValueError("this UNet has no cross-attention layers (no `attn2`): there is no word to attend to")
-    unet.set_attn_processor(recorders)
-    try:
+    with processors_kept(unet) as original:
+        sums, counts = {}, {}
+        unet.set_attn_processor({name: AttentionRecorder(p, sums, counts, latent_size) if is_cross_attention(name) else p
+                                 for name, p in original.items()})
         yield sums, counts
-    finally:
-        unet.set_attn_processor(dict(original))
 
 
 @dataclass

@@ -151,3 +151,16 @@ def test_a_bad_word_is_refused_before_any_model_work(bundled, monkeypatch):
     with pytest.raises(ValueError, match="prompt must be a non-empty string"):
         attention_map(bundled, image, "  ", "zebra")
     assert calls == []
+
+
+def test_a_word_that_appears_twice_is_asked_for_by_occurrence(tiny_model, gen):
+    image = render(horse_scene())[0]
+    prompt = "a red circle and a blue circle on grass"
+    maps = attention_maps(tiny_model, image, prompt, generator=gen, strengths=(0.5,))
+    first, second = maps.word_index("circle", 0), maps.word_index("circle", 1)
+    assert first != second and maps.word_index("circle", None) == first + second
+    assert [maps.tokens[p] for p in first + second] == ["circle</w>", "circle</w>"]
+    together = maps.word_raw("circle", occurrence=None)
+    torch.testing.assert_close(together, maps.word_raw("circle", occurrence=0) + maps.word_raw("circle", occurrence=1))
+    with pytest.raises(ValueError, match=r"occurrence must be None \(all\) or an integer in \[0, 1\] \('circle' appears 2 times\)"):
+        maps.word_map("circle", occurrence=2)

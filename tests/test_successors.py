@@ -130,3 +130,23 @@ def test_the_notebook_table_is_the_benchmarks_to_the_printed_digit():
     assert format_table(quality_summary(), header[1:]) in "\n".join(printed)
     whole = read_json("attention.json")["iou"]["colour + shape + pattern"]
     assert f"IoU {whole['attention']:.3f}, refined {whole['attention, refined']:.3f}" in "\n".join(printed)
+
+
+def test_leditspp_on_shared_components_gives_the_unet_its_processors_back(tiny_model):
+    from peer import leditspp_edit, leditspp_from_components, leditspp_invert, leditspp_masks
+
+    from diffedit_helpers import DiffEditConfig
+    from diffedit_helpers.world.shapes import horse_scene, render
+
+    m = tiny_model
+    before = dict(m.unet.attn_processors)
+    pipe = leditspp_from_components(m.vae, m.text_encoder, m.tokenizer, m.unet, m.scheduler_config)
+    assert pipe.unet is m.unet  # shared, not copied
+    settings = LeditsSettings(edit_guidance_scale=5.0, edit_threshold=0.9, skip=0.3)
+    image = render(horse_scene())[0]
+    leditspp_invert(pipe, image, "a brown horse on grass", DiffEditConfig(steps=6), settings, torch.Generator().manual_seed(0))
+    out = leditspp_edit(pipe, "a brown horse on grass", "a zebra on grass", settings, torch.Generator().manual_seed(0))
+    assert out.size == image.size
+    assert all(m.unet.attn_processors[n] is p for n, p in before.items())  # its attention-storing processors are gone
+    masks = leditspp_masks(pipe)  # (2 editing prompts, h, w): the share of the steps each cell was edited
+    assert masks.shape == (2, 16, 16) and masks.min() >= 0 and masks.max() <= 1 and masks.max() > 0
