@@ -11,7 +11,8 @@ inputs, `user_mask` checks a mask the caller brings instead (no model work), and
 mask back to the latent grid for steps 2 and 3 (`edit`).
 `post_recipe_mask` is the other common recipe, for comparison: threshold the raw map, then blur
 the binary mask and keep everything above the threshold again, which grows it.
-Taught in notebooks 04_noise_to_mask and 05_threshold_and_blur.
+Taught in notebooks 04_noise_to_mask and 05_threshold_and_blur; `ratio_mask`, diffusers' rule in place of
+min-max, and `refine_for` on an attention map in 09_successors.
 
 Classifier-free guidance does not change the map: with a shared unconditional prediction u,
     (u + g (c_t - u)) - (u + g (c_s - u)) = g (c_t - c_s),
