@@ -14,18 +14,28 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from diffedit_helpers.attention import processors_kept
+from diffedit_helpers.mask import ratio_mask as peer_mask_at  # the peer's thresholding rule, taught in notebook 09
+
 PEER_RATIO = 3.0  # diffusers' mask_thresholding_ratio default: clamp at 3x the mean, keep > 0.5 (> 1.5x the mean)
 
 
-def load_peer(folder, dtype=torch.float32, device="cpu"):
-    "diffusers' StableDiffusionDiffEditPipeline from a local SD folder, no safety checker, progress bars off."
-    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
+def quiet_logs():
+    "diffusers' and transformers' logs down to errors and their progress bars off (the peers' deprecation notes, loading bars)."
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
     tlog.disable_progress_bar()
+
+
+def load_peer(folder, dtype=torch.float32, device="cpu"):
+    "diffusers' StableDiffusionDiffEditPipeline from a local SD folder, no safety checker, progress bars off."
+    quiet_logs()  # before the import: importing the pipelines logs
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = StableDiffusionDiffEditPipeline.from_pretrained(
@@ -39,6 +49,7 @@ def load_peer(folder, dtype=torch.float32, device="cpu"):
 
 def peer_from_components(vae, text_encoder, tokenizer, unet, scheduler_config):
     "The same pipeline built from components already in memory (the GPU benchmark's random ones)."
+    quiet_logs()  # before the import: importing the pipelines logs
     from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
 
     with warnings.catch_warnings():
@@ -105,18 +116,11 @@ def peer_map_from_mask_call(output: torch.Tensor, n_noise: int, guidance: float)
     """The peer's own difference map, rebuilt from the one UNet output of `generate_mask`
     (batch 4n: [negative-source, source, negative-target, target] blocks of n, as the pipeline
     concatenates them): mean over draws and channels of |guided target - guided source|, (h, w).
-    Its mask at mask_thresholding_ratio r is `map > r / 2 * map.mean()`."""
+    Its mask at mask_thresholding_ratio r is `peer_mask_at(map, r)`: `map > r / 2 * map.mean()`."""
     neg_src, src, unc, tgt = output.float().chunk(4)
     src = neg_src + guidance * (src - neg_src)
     tgt = unc + guidance * (tgt - unc)
     return (tgt - src).abs().reshape(n_noise, *tgt.shape[1:]).mean(dim=(0, 1)).cpu().numpy()
-
-
-def peer_mask_at(peer_map: np.ndarray, ratio: float) -> np.ndarray:
-    "The peer's thresholding rule (clamp at ratio x mean, keep > 0.5) on its map: (h, w) in {0, 1}."
-    m = torch.from_numpy(peer_map)
-    clamp = m.mean() * ratio
-    return (m.clamp(0, clamp) / clamp > 0.5).numpy().astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- counting UNet calls
@@ -190,30 +194,59 @@ class LeditsSettings:
 def load_leditspp(folder, dtype=torch.float32, device="cpu"):
     """diffusers' LEditsPPPipelineStableDiffusion from a local SD folder, with the multistep
     DPM-Solver++ scheduler (algorithm "sde-dpmsolver++") that LEDITS++'s inversion needs."""
-    from diffusers import DPMSolverMultistepScheduler, LEditsPPPipelineStableDiffusion
-    from diffusers.utils import logging as dlog
+    quiet_logs()  # before the import: importing the pipelines logs
+    from diffusers import LEditsPPPipelineStableDiffusion
 
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pipe = LEditsPPPipelineStableDiffusion.from_pretrained(str(folder), torch_dtype=dtype, safety_checker=None,
                                                                feature_extractor=None, requires_safety_checker=False)
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="sde-dpmsolver++",
-                                                                 solver_order=2)
+        pipe.scheduler = leditspp_scheduler(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
+def leditspp_scheduler(scheduler_config):
+    "The multistep DPM-Solver++ (sde-dpmsolver++, second order) that LEDITS++'s inversion needs, from a scheduler config."
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="sde-dpmsolver++", solver_order=2)
+
+
+def leditspp_from_components(vae, text_encoder, tokenizer, unet, scheduler_config):
+    "The same pipeline built from components already in memory (shared, not copied: a notebook's model, in its dtype)."
+    quiet_logs()  # before the import: importing the pipelines logs
+    from diffusers import LEditsPPPipelineStableDiffusion
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = LEditsPPPipelineStableDiffusion(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                               scheduler=leditspp_scheduler(scheduler_config), safety_checker=None,
+                                               feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def leditspp_masks(pipe) -> np.ndarray:
+    """LEDITS++'s implicit masks from its last edit: for each editing prompt, the share of the steps in
+    which each latent cell was edited (its cross-attention mask, intersected from step t <= 800 on with
+    the top quantile of its noise-estimate difference). (prompts, h, w) float32 in [0, 1]."""
+    masks = pipe.activation_mask  # (steps, prompts, 1, C, h, w): 1 where the step edited the cell
+    return masks.float().mean(dim=0).flatten(1, -3).mean(dim=1).numpy()  # (prompts, h, w)
+
+
 def leditspp_invert(pipe, image, source_prompt, config, settings: LeditsSettings, generator):
-    "LEDITS++'s documented first call: invert `image` with the source prompt (our steps and guidance)."
-    pipe.invert(image=image, source_prompt=source_prompt, source_guidance_scale=config.guidance,
-                num_inversion_steps=config.steps, skip=settings.skip, generator=generator)
+    """LEDITS++'s documented first call: invert `image` with the source prompt (our steps and guidance).
+    It sets plain processors on every attention layer; a shared UNet gets its own back."""
+    with processors_kept(pipe.unet):
+        pipe.invert(image=image, source_prompt=source_prompt, source_guidance_scale=config.guidance,
+                    num_inversion_steps=config.steps, skip=settings.skip, generator=generator)
 
 
 def leditspp_edit(pipe, source_prompt, target_prompt, settings: LeditsSettings, generator):
     """Its second call, on the last inverted image: towards the target prompt, away from the
     source prompt (reverse direction), with its implicit masks (edit_threshold). A PIL image."""
     scale, threshold = settings.edit_guidance_scale, settings.edit_threshold
-    return pipe(editing_prompt=[target_prompt, source_prompt], reverse_editing_direction=[False, True],
-                edit_guidance_scale=[scale, scale], edit_threshold=[threshold, threshold], generator=generator).images[0]
+    with processors_kept(pipe.unet):  # it installs its own to store attention; a shared UNet gets its own back
+        return pipe(editing_prompt=[target_prompt, source_prompt], reverse_editing_direction=[False, True],
+                    edit_guidance_scale=[scale, scale], edit_threshold=[threshold, threshold], generator=generator).images[0]

@@ -11,7 +11,8 @@ inputs, `user_mask` checks a mask the caller brings instead (no model work), and
 mask back to the latent grid for steps 2 and 3 (`edit`).
 `post_recipe_mask` is the other common recipe, for comparison: threshold the raw map, then blur
 the binary mask and keep everything above the threshold again, which grows it.
-Taught in notebooks 04_noise_to_mask and 05_threshold_and_blur.
+Taught in notebooks 04_noise_to_mask and 05_threshold_and_blur; `ratio_mask`, diffusers' rule in place of
+min-max, and `refine_for` on an attention map in 09_successors.
 
 Classifier-free guidance does not change the map: with a shared unconditional prediction u,
     (u + g (c_t - u)) - (u + g (c_s - u)) = g (c_t - c_s),
@@ -188,6 +189,20 @@ def post_recipe_mask(raw_map: np.ndarray, threshold: float = 0.1, blur: int = 7)
     return threshold_mask(blur_mask(binary, blur), threshold)
 
 
+def ratio_mask(raw: torch.Tensor | np.ndarray, ratio: float = 3.0) -> np.ndarray:
+    """diffusers' DiffEdit rule (its `mask_thresholding_ratio`) instead of min-max: clamp the raw map
+    at `ratio` x its mean, divide by that, keep what is above 0.5, i.e. the cells above ratio / 2 x
+    the mean. The scale is the map's mean, not its range, so one extreme cell cannot move it.
+    raw: (h, w), not normalised. Returns (h, w) float32 in {0, 1}."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < float("inf"):
+        raise ValueError(f"ratio must be a number > 0 (diffusers' default is 3.0), got {ratio!r}")
+    m = torch.as_tensor(np.asarray(raw, dtype=np.float32))
+    clamp = m.mean() * ratio
+    if not clamp > 0:  # an all-zero map (identical prompts): nothing differs, nothing is kept
+        return np.zeros(m.shape, np.float32)
+    return (m.clamp(0, clamp) / clamp > 0.5).numpy().astype(np.float32)
+
+
 def latent_mask(mask: np.ndarray, latent_size: tuple[int, int], device=None, dtype=torch.float32) -> torch.Tensor:
     """Pixel mask (H, W) -> latent mask (1, 1, h, w): a latent cell is edited if any of its
     pixels is in the mask, so the edit covers the whole object."""
@@ -212,8 +227,13 @@ def mask_maps(model, image, x0, source_emb, target_emb, scheduler, config, gener
     raw_map = upsample_map(normalise_map(raw), (image.height, image.width)).astype(np.float32)
     if not config.refine or not raw_map.any():
         return raw_map, raw_map
+    return raw_map, refine_for(model, raw_map, image, config)
+
+
+def refine_for(model, a_map: np.ndarray, image, config) -> np.ndarray:
+    "`refine_map` with a config's window (`refine_radius` latent cells, in pixels for `model`) and ridge term."
     radius = config.refine_radius * model.vae_scale_factor  # latent cells -> pixels
-    return raw_map, refine_map(raw_map, image, radius, config.refine_eps)
+    return refine_map(a_map, image, radius, config.refine_eps)
 
 
 def check_finite(x: torch.Tensor, what: str, model, setting: str | None = None):

@@ -81,6 +81,11 @@ class Thing:
         return f"{self.colour} {pattern}{self.shape}"
 
     @property
+    def noun(self) -> str:
+        "The word of its caption that names the object itself: its shape, or 'zebra'."
+        return self.name.split()[-1]
+
+    @property
     def phrase(self) -> str:
         return f"an {self.name}" if self.name[0] in "aeiou" else f"a {self.name}"
 
