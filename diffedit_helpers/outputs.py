@@ -28,8 +28,12 @@ def check_out_folder(out, flag: str = "--out") -> Path:
     if str(out).strip() == "":
         raise OutputError(f"{flag} must name a folder, got an empty string")
     out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise OutputError(f"{flag} {str(out)!r} is a link to {os.readlink(out)!r}, which does not exist; "
+                          f"create that folder or choose another")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{flag} {str(out)!r} is a file, not a folder")
+    check_name_lengths(out, flag)
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     if not existing.is_dir():
         raise OutputError(f"{flag} {str(out)!r} cannot be created: {str(existing)!r} is a file")
@@ -37,6 +41,19 @@ def check_out_folder(out, flag: str = "--out") -> Path:
         where = "" if existing == out.absolute() else f" (its parent {str(existing)!r} is not writable)"
         raise OutputError(f"{flag} {str(out)!r} is not a writable folder{where}")
     return out
+
+
+def check_name_lengths(out: Path, flag: str = "--out"):
+    "Refuse a folder name with a part longer than the file system takes (with room for our temporary names)."
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in out.absolute().parts:
+        if len(os.fsencode(part)) > limit:
+            raise OutputError(f"{flag}: the name {part[:40]!r}... is {len(os.fsencode(part))} bytes long; this file system "
+                              f"takes at most {limit}")
 
 
 def same_file(a, b) -> bool:
