@@ -127,58 +127,6 @@ def test_two_accelerate_processes_give_the_outputs_of_one_bit_for_bit(tmp_path):
             assert m1[n][key] == m2[n][key]
 
 
-@pytest.mark.slow
-def test_a_second_run_on_the_same_folder_is_refused_and_says_who_holds_it(tmp_path):
-    """Two real processes on one --out: the first stalls in its first job (its image comes from a
-    local server that waits), the second is refused without touching anything."""
-    import http.server
-    import threading
-
-    requested, release = threading.Event(), threading.Event()
-    picture = (tmp_path / "scene0.png")
-    lines = job_lines(tmp_path, 2)
-
-    class Slow(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            requested.set()
-            release.wait(timeout=300)
-            data = picture.read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        spec = json.loads(lines[0])
-        spec["image"] = f"http://127.0.0.1:{server.server_port}/scene0.png"
-        jobs = tmp_path / "jobs.jsonl"
-        jobs.write_text("\n".join([json.dumps(spec), lines[1]]) + "\n")
-        out = tmp_path / "out"
-        first = subprocess.Popen(command(sys.executable, jobs=jobs, out=out), stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=command_env())
-        try:
-            assert requested.wait(timeout=300), "the first run never fetched its image"
-            second = run_command(sys.executable, jobs=jobs, out=out)
-        finally:
-            release.set()
-            stdout, stderr = first.communicate(timeout=600)
-    finally:
-        server.shutdown()
-    assert second.returncode == 2, second.stderr
-    assert f"in use by another batch run (pid {first.pid} on host {socket.gethostname()}, since " in second.stderr
-    assert first.returncode == 0, stderr
-    assert "2 of 2 jobs done" in stdout
-    assert len(list(iter_records(out))) == 2  # each job ran once, by the first run
-    again = run_command(sys.executable, jobs=jobs, out=out)  # once the folder is free, a rerun finds it all done
-    assert again.returncode == 0 and "2 of 2 jobs done" in again.stdout, again.stderr
-    assert len(list(iter_records(out))) == 2
-
-
 # ----------------------------------------------------------------------------- in process (tiny model)
 def test_ranks_split_the_jobs_and_each_job_gets_what_it_gets_alone(tmp_path, tiny_model):
     jobs_path = write_jobs(tmp_path, 5)
