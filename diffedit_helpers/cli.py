@@ -93,7 +93,7 @@ def run_edit(image, source, target, out, args) -> Path:
     from PIL import Image
 
     from .edit import diffedit, difference_map
-    from .mask import make_mask
+    from .mask import make_mask, user_mask
     from .models import load_model, resolve_device, resolve_dtype
     from .plotting import overview
 
@@ -106,6 +106,8 @@ def run_edit(image, source, target, out, args) -> Path:
     check_seed(args.seed)
     paths = check_outputs(out, args.overwrite, MASK_ONLY_FILES if mask_only else OUTPUT_FILES)
     picture = check_inputs(image, source, target, paths, config, mask)
+    if mask is not None:  # readable and at the image's size, before the model loads
+        user_mask(mask, (picture.height, picture.width), "--mask")
     inputs = [f for f in (image, mask) if f is not None]
     fit = "resize" if args.size is not None and args.fit == "error" else args.fit
     model = load_model(args.model, device=device, dtype=dtype)

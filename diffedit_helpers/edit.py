@@ -216,18 +216,19 @@ def prepare_inputs(model, image, source_prompt, target_prompt, config=None, fit:
     model = as_model(model)
     config = checked_config(config, model)
     check_model(model, config.steps)
-    return _prepare(model, image, source_prompt, target_prompt, config, fit, max_side), config
+    return _prepare(model, image, source_prompt, target_prompt, config, fit, max_side)[0], config
 
 
 def _prepare(model, image, source_prompt, target_prompt, config, fit, max_side=None, has_mask: bool = False):
     """Check the prompts and the image (config and model already checked); no model work. Returns
-    the RGB image. The source prompt may be empty: the map is then taken against the unconditional
+    (the RGB image after `fit`, its (H, W) before). The source prompt may be empty: the map is then taken against the unconditional
     prediction. Warns when the text model cannot tell the prompts apart, when the model was never
     trained on such an edit, and when the edit will be slow here."""
     check_prompt("source_prompt", source_prompt, allow_empty=True)
     check_prompt("target_prompt", target_prompt)
     f = model.vae_scale_factor
     image = to_rgb(image, "image", multiple=f)
+    original = (image.height, image.width)
     min_side = f * 2 ** (len(model.unet.config.block_out_channels) - 1)
     image = fit_size(image, f, fit=fit, name="image", min_side=min_side, max_side=max_side)
     check_for_image(config, image.width, image.height, f)
@@ -239,7 +240,7 @@ def _prepare(model, image, source_prompt, target_prompt, config, fit, max_side=N
             warnings.warn(f"source_prompt and target_prompt differ, but the text model cannot tell them apart: {why}; "
                           f"the mask is empty and the image is returned unchanged", DiffEditWarning, stacklevel=3)
     warn_before_editing(model, image, source_prompt, target_prompt, config)
-    return image
+    return image, original
 
 
 def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
@@ -263,7 +264,7 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
     callback(step, timestep, latents): called after every denoising step (previews).
     on_stage(stage, event): called with event "start" and "end" around each of STAGES.
     mask: the caller's own mask instead of step 1: a bool array (H, W) at the image's size
-        (after `fit`), a float array in [0, 1] (binarised at 0.5: values >= 0.5 are inside), a
+        (before `fit`, then cropped or resized with it; or after it), a float array in [0, 1] (binarised at 0.5: values >= 0.5 are inside), a
         PIL "L" image, or a path to one (`mask.user_mask`); checked before any model work. The
         "mask" stage then runs no model; the edit keeps to the mask exactly: with composite on,
         the feather lies inside it and every pixel outside it is the input's.
@@ -293,9 +294,9 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
     for im, s, t, neg, m in zip(images, srcs, tgts, negs, masks):
         if neg is not None:
             check_prompt("negative_prompt", neg, allow_empty=True)
-        im = _prepare(model, im, s, t, config, fit, max_side, has_mask=m is not None)
+        im, original = _prepare(model, im, s, t, config, fit, max_side, has_mask=m is not None)
         if m is not None:
-            m = user_mask(m, (im.height, im.width))
+            m = user_mask(m, (im.height, im.width), original=original, fit=fit)
             if not m.any():
                 warnings.warn("mask is empty (nothing inside it): the image is returned unchanged", DiffEditWarning,
                               stacklevel=2)
