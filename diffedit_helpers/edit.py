@@ -127,13 +127,15 @@ def masked_denoise(model, latents, backgrounds, mask, cond, uncond, scheduler, s
     mask is set to backgrounds[k + 1], the level the latents have just reached.
     step_end(step, timestep, latents) -> latents, if given, is called after each step and what it
     returns replaces the latents (diffusers' callback_on_step_end); then callback(step, timestep,
-    latents) is called.
+    latents) is called. A step_end whose `interrupted` is true stops the loop (diffusers' pipe._interrupt).
     """
     from tqdm.auto import tqdm
 
     ts = scheduler.timesteps
     x = latents
     for k in tqdm(range(start_index, len(ts)), desc="DiffEdit", disable=not progress, leave=False):
+        if getattr(step_end, "interrupted", False):  # diffusers' pipe._interrupt: stop, keep the latents reached
+            break
         t = ts[k]
         # 1. predict the noise towards the target prompt (classifier-free guidance)
         eps = guided_noise(model, x, t, cond, uncond, guidance)
@@ -284,7 +286,7 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
     check_callables(callback=callback, on_stage=on_stage, callback_on_step_end=callback_on_step_end)
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    step_end = None if callback_on_step_end is None else diffusers_step_end(model, callback_on_step_end)
+    step_end = None if callback_on_step_end is None else DiffusersStepEnd(model, callback_on_step_end)
     batch = isinstance(image, (list, tuple))
     images = list(image) if batch else [image]
     n = len(images)
@@ -327,22 +329,43 @@ def check_callables(**hooks):
             raise TypeError(f"{name} must be a function or None, got {type(hook).__name__}")
 
 
-def diffusers_step_end(pipe, callback_on_step_end):
+class DiffusersStepEnd:
     """Our step_end(step, timestep, latents) -> latents from diffusers' callback_on_step_end(pipe,
     step, timestep, callback_kwargs) -> dict: callback_kwargs is {"latents": latents}, and a
-    "latents" entry in the dict it returns replaces them (same shape; moved to their device and dtype)."""
+    "latents" entry in the dict it returns replaces them (a tensor of the same shape, finite; moved
+    to their device and dtype). `pipe._interrupt = True`, set by the callback, stops the denoising
+    after that step as in diffusers (`interrupted`): the latents reached are decoded. Recipes that
+    change guidance or the prompts mid-run (`pipe._guidance_scale`, "prompt_embeds" in the dict
+    returned) are refused: DiffEdit's guidance is config.guidance, fixed for the whole edit."""
 
-    def step_end(step, timestep, latents):
-        out = callback_on_step_end(pipe, step, timestep, {"latents": latents})
+    def __init__(self, pipe, callback_on_step_end):
+        self.pipe, self.callback = pipe, callback_on_step_end
+        pipe._interrupt = False
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(getattr(self.pipe, "_interrupt", False))
+
+    def __call__(self, step, timestep, latents):
+        guidance = vars(self.pipe).get("_guidance_scale")
+        out = self.callback(self.pipe, step, timestep, {"latents": latents})
         if not isinstance(out, dict):
             raise TypeError(f"callback_on_step_end must return a dict (diffusers' convention), got {type(out).__name__}")
+        if vars(self.pipe).get("_guidance_scale") != guidance or set(out) - {"latents"}:
+            changed = sorted(set(out) - {"latents"}) or ["pipe._guidance_scale"]
+            raise ValueError(f"callback_on_step_end changed {', '.join(changed)}: changing guidance or the prompts during the "
+                             f"edit is not supported (guidance is config.guidance for the whole edit); return only "
+                             f"{{'latents': ...}}, or set pipe._interrupt = True to stop early")
         new = out.get("latents", latents)
-        if not isinstance(new, torch.Tensor) or new.shape != latents.shape:
-            raise ValueError(f"callback_on_step_end returned latents of shape {tuple(getattr(new, 'shape', ()))}; "
+        if not isinstance(new, torch.Tensor):
+            raise TypeError(f"callback_on_step_end must return latents as a torch.Tensor of shape {tuple(latents.shape)}, "
+                            f"got {type(new).__name__}")
+        if new.shape != latents.shape:
+            raise ValueError(f"callback_on_step_end returned latents of shape {tuple(new.shape)}; "
                              f"they must keep the shape {tuple(latents.shape)}")
+        if not torch.isfinite(new).all():
+            raise ValueError(f"callback_on_step_end returned latents holding NaN or inf at step {step}")
         return new.to(device=latents.device, dtype=latents.dtype)
-
-    return step_end
 
 
 @torch.no_grad()

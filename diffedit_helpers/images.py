@@ -228,15 +228,18 @@ class FetchError(OSError):
     "A URL could not be fetched whole within the limits; the message says why."
 
 
-def fetch_url(url: str, deadline_s: float = FETCH_SECONDS, max_bytes: int = FETCH_BYTES) -> bytes:
+def fetch_url(url: str, deadline_s: float | None = None, max_bytes: int | None = None) -> bytes:
     """The bytes an http(s) URL serves (standard library only), within `deadline_s` seconds for the
-    whole fetch (however slowly the server sends) and at most `max_bytes` (refused from the
+    whole fetch (however slowly the server sends; default FETCH_SECONDS) and at most `max_bytes`
+    (default FETCH_BYTES; refused from the
     Content-Length header, else as soon as the data passes it). Redirects are followed only to
     http(s). FetchError says what went wrong; urllib's HTTPError (a status) and URLError pass through."""
     import http.client
     import time
     import urllib.request
 
+    deadline_s = FETCH_SECONDS if deadline_s is None else deadline_s
+    max_bytes = FETCH_BYTES if max_bytes is None else max_bytes
     end = time.monotonic() + deadline_s
     opener = urllib.request.build_opener(_redirect_handler())
     request = urllib.request.Request(url, headers={"User-Agent": "diffedit-lab"})
@@ -247,7 +250,7 @@ def fetch_url(url: str, deadline_s: float = FETCH_SECONDS, max_bytes: int = FETC
                 raise FetchError(f"it is {int(declared):,} bytes, over the limit of {max_bytes:,}")
             return _read_within(response, end, deadline_s, max_bytes)
     except http.client.IncompleteRead as e:
-        raise FetchError(f"the server closed the connection after {len(e.partial):,} bytes, before the end") from e
+        raise FetchError("the server closed the connection before the end of its answer") from e
     except http.client.HTTPException as e:
         raise FetchError(f"the server's answer is broken ({type(e).__name__})") from e
     except TimeoutError as e:

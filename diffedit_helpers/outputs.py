@@ -28,12 +28,12 @@ def check_out_folder(out, flag: str = "--out") -> Path:
     if str(out).strip() == "":
         raise OutputError(f"{flag} must name a folder, got an empty string")
     out = Path(out)
+    check_name_lengths(out, flag)
     if out.is_symlink() and not out.exists():
         raise OutputError(f"{flag} {str(out)!r} is a link to {os.readlink(out)!r}, which does not exist; "
                           f"create that folder or choose another")
     if out.exists() and not out.is_dir():
         raise OutputError(f"{flag} {str(out)!r} is a file, not a folder")
-    check_name_lengths(out, flag)
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     if not existing.is_dir():
         raise OutputError(f"{flag} {str(out)!r} cannot be created: {str(existing)!r} is a file")
@@ -44,10 +44,9 @@ def check_out_folder(out, flag: str = "--out") -> Path:
 
 
 def check_name_lengths(out: Path, flag: str = "--out"):
-    "Refuse a folder name with a part longer than the file system takes (with room for our temporary names)."
-    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    "Refuse a folder name with a part longer than the file system takes (checked before the model loads)."
     try:
-        limit = os.pathconf(existing, "PC_NAME_MAX")
+        limit = os.pathconf(next(p for p in out.absolute().parents if p.is_dir()), "PC_NAME_MAX")
     except (OSError, ValueError):
         limit = 255
     for part in out.absolute().parts:
