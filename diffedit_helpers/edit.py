@@ -276,7 +276,8 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
         unconditional branch of guidance while denoising; the mask does not use it),
         output_type ("pil", "np" or "pt": what `.images` holds), callback_on_step_end(pipe,
         step, timestep, callback_kwargs) -> dict, with pipe the model and callback_kwargs
-        {"latents": (1, C, h, w)}; a "latents" entry in what it returns replaces them.
+        {"latents": (1, C, h, w)}; a "latents" entry in what it returns replaces them, and
+        `pipe._interrupt = True` stops the denoising early (`DiffusersStepEnd`).
     Returns a DiffEditResult (DiffEditResults, a list of them, for a list of images).
     """
     model = as_model(model)
