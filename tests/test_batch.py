@@ -67,20 +67,6 @@ def batch(jobs: Path, out: Path, *extra) -> int:
     return main(["batch", str(jobs), "--out", str(out), *CLI_FAST, *extra])
 
 
-@pytest.fixture
-def edits(monkeypatch):
-    "Counts the edits `diffedit` runs, by target prompt."
-    real = edit_module.diffedit
-    calls = []
-
-    def counted(*args, **kwargs):
-        calls.append(kwargs.get("target_prompt", args[3] if len(args) > 3 else None))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(edit_module, "diffedit", counted)
-    return calls
-
-
 # ----------------------------------------------------------------------------- processes
 def free_port() -> int:
     with socket.socket() as s:

@@ -11,24 +11,12 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from test_batch import job_lines
 
 import diffedit_helpers.edit as edit_module
 from diffedit_helpers.cli import main
-from diffedit_helpers.world.shapes import make_edit, random_scene, render
 
 CLI_FAST = ["--steps", "6", "--n-noise", "2", "--quiet"]
-KINDS = ("colour", "pattern", "shape")
-
-
-def job_lines(folder: Path, n: int, first: int = 0) -> list[str]:
-    "n shapes-world edits (images saved in `folder`, relative paths), one JSON line each."
-    lines = []
-    for i in range(first, first + n):
-        edit = make_edit(random_scene(2_000_000 + i), KINDS[i % 3])
-        render(edit.source)[0].save(folder / f"scene{i}.png")
-        lines.append(json.dumps({"image": f"scene{i}.png", "source": edit.source_prompt, "target": edit.target_prompt,
-                                 "seed": i}))
-    return lines
 
 
 def write_lines(path: Path, lines) -> Path:

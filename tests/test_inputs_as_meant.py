@@ -100,19 +100,22 @@ def test_a_url_has_one_deadline_for_the_whole_fetch(serve, monkeypatch):
         images.to_rgb(serve(trickle) + "/slow.png")
 
 
+def answer(status: int, headers: dict, body: bytes = b""):
+    "A handler that answers `status` with `headers` and `body`, then closes."
+
+    def handler(request):
+        request.send_response(status)
+        for name, value in headers.items():
+            request.send_header(name, value)
+        request.end_headers()
+        request.wfile.write(body)
+
+    return handler
+
+
 def test_a_response_over_the_size_limit_is_refused_from_its_header_or_while_read(serve, monkeypatch):
-    def huge_header(request):
-        request.send_response(200)
-        request.send_header("Content-Length", str(300 * 2**20))
-        request.end_headers()
-        request.wfile.write(b"x" * 1000)
-
-    def long_body(request):  # no length: the body ends when the connection closes
-        request.send_response(200)
-        request.send_header("Connection", "close")
-        request.end_headers()
-        request.wfile.write(b"x" * 5000)
-
+    huge_header = answer(200, {"Content-Length": str(300 * 2**20)}, b"x" * 1000)
+    long_body = answer(200, {"Connection": "close"}, b"x" * 5000)  # no length: the body ends when the connection closes
     with pytest.raises(ImageInputError, match=r"it is 314,572,800 bytes, over the limit of 268,435,456"):
         images.to_rgb(serve(huge_header) + "/a.png")
     monkeypatch.setattr(images, "FETCH_BYTES", 1000)
@@ -121,28 +124,16 @@ def test_a_response_over_the_size_limit_is_refused_from_its_header_or_while_read
 
 
 def test_a_broken_chunked_response_is_a_clear_error(serve):
-    def broken(request):
-        request.send_response(200)
-        request.send_header("Transfer-Encoding", "chunked")
-        request.end_headers()
-        request.wfile.write(b"100\r\n" + b"x" * 10)  # promises 256 bytes, sends 10, closes
-
+    broken = answer(200, {"Transfer-Encoding": "chunked"}, b"100\r\n" + b"x" * 10)  # promises 256 bytes, sends 10
     with pytest.raises(ImageInputError, match=r"^image: could not fetch .*: the server closed the connection before the end"):
         images.to_rgb(serve(broken) + "/a.png")
 
 
 def test_a_redirect_is_followed_only_to_http(serve):
-    def to_ftp(request):
-        request.send_response(302)
-        request.send_header("Location", "ftp://127.0.0.1/a.png")
-        request.send_header("Content-Length", "0")
-        request.end_headers()
-
+    to_ftp = answer(302, {"Location": "ftp://127.0.0.1/a.png", "Content-Length": "0"})
     with pytest.raises(ImageInputError, match=r"it redirects to 'ftp://127.0.0.1/a.png'; only http:// and https://"):
         images.to_rgb(serve(to_ftp) + "/a.png")
-    base = serve()
-    redirect = serve(lambda r: (r.send_response(302), r.send_header("Location", base + "/ok.png"),
-                                r.send_header("Content-Length", "0"), r.end_headers()))
+    redirect = serve(answer(302, {"Location": serve() + "/ok.png", "Content-Length": "0"}))
     assert images.to_rgb(redirect + "/a.png").size == (64, 64)
 
 
