@@ -200,6 +200,8 @@ def lock_out_folder(out: Path, state) -> OutputLock | None:
             reconcile(out, read_manifest(out))
         except OSError as e:
             error = str(e)
+            if lock is not None:
+                lock.release()
     if state.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
@@ -215,13 +217,30 @@ def _main(args) -> int:
         state = process_state(args.device)
         out.mkdir(parents=True, exist_ok=True)
         lock = lock_out_folder(out, state)
-        from .models import load_model
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
+        return command_error(err)
+    try:
+        return _run(args, config, jobs_path, out, state)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def command_error(err: Exception) -> int:
+    "Say why the command cannot run, in one line; its exit status."
+    print(f"error: {with_option(err) if isinstance(err, ConfigError) else err}", file=sys.stderr)
+    return 2
+
+
+def _run(args, config: DiffEditConfig, jobs_path: Path, out: Path, state) -> int:
+    "Load the model and run this process's jobs (the output folder is this run's); the exit status."
+    from .models import load_model
+
+    try:
         device = state.device if args.device in (None, "auto") else args.device  # auto: the process's own device
         model = load_model(args.model, device=device, dtype=args.dtype)
     except (ValueError, TypeError, OSError, RuntimeError) as err:
-        print(f"error: {with_option(err) if isinstance(err, ConfigError) else err}", file=sys.stderr)
-        return 2
+        return command_error(err)
     note = single_process_note(os.environ, state.num_processes)
     if note and state.is_main_process:
         print(f"warning: {note}", file=sys.stderr)
@@ -233,14 +252,9 @@ def _main(args) -> int:
             print(f"[{state.process_index}/{state.num_processes}] {record['id']}: {record['seconds']:.2f} s, "
                   f"mask {100 * record['mask_coverage']:.1f} %", flush=True)
 
-    try:
-        run = run_jobs(model, iter_jobs(jobs_path), out, config, args.seed, jobs_path.parent, args.fit,
-                       state.process_index, state.num_processes, args.retry_failed, report)
-        total, failed = gather_outcome(run, state)
-    finally:
-        state.wait_for_everyone()
-        if lock is not None:
-            lock.release()
+    run = run_jobs(model, iter_jobs(jobs_path), out, config, args.seed, jobs_path.parent, args.fit,
+                   state.process_index, state.num_processes, args.retry_failed, report)
+    total, failed = gather_outcome(run, state)  # every process's: the main one releases the lock only after all are done
     if state.is_main_process:
         print(f"{total - len(failed)} of {total} jobs done in {out}/ ({MANIFEST})"
               + (f"; failed: {', '.join(failed)}" if failed else ""))

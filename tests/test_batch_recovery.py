@@ -224,7 +224,8 @@ def test_a_kill_at_any_write_loses_and_redoes_no_finished_job(tmp_path, cli_tiny
     jobs = write_lines(tmp_path / "jobs.jsonl", job_lines(tmp_path, 2))
     assert batch(jobs, tmp_path / "whole") == 0
     whole = pictures(tmp_path / "whole")
-    real_write = manifest_module.write_output
+    real_write, real_rmtree = manifest_module.write_output, manifest_module.shutil.rmtree
+    left_staging = 0
     for kill_at in range(8):
         out = tmp_path / f"killed-{kill_at}"
         writes = []
@@ -236,16 +237,33 @@ def test_a_kill_at_any_write_loses_and_redoes_no_finished_job(tmp_path, cli_tiny
             return real_write(path, data, append)
 
         monkeypatch.setattr(manifest_module, "write_output", killed)
+        monkeypatch.setattr(manifest_module.shutil, "rmtree", lambda *a, **k: None)  # a killed process cleans nothing up
         with pytest.raises(SystemExit):
             batch(jobs, out)
         monkeypatch.setattr(manifest_module, "write_output", real_write)
-        finished = {p.parent.name for p in out.glob("*/job.json")}
+        monkeypatch.setattr(manifest_module.shutil, "rmtree", real_rmtree)
+        finished = {p.parent.name for p in out.glob("[!.]*/job.json")}
+        left_staging += any(".partial-" in p.name for p in out.iterdir())
         edits.clear()
         assert batch(jobs, out) == 0, kill_at
         assert len(edits) == 2 - len(finished), kill_at  # what was finished is not redone
         assert pictures(out) == whole, kill_at  # nor lost, and the rest is completed as it would have been
         assert not [p for p in out.iterdir() if ".partial-" in p.name]
         assert sorted(r["line"] for r in records(out) if r["status"] == "ok") == [1, 2], kill_at
+    assert left_staging == 6  # the kills inside a job's folder left its staging folder, as a real kill does
+
+
+def test_a_run_that_cannot_load_its_model_leaves_the_folder_free(tmp_path, monkeypatch, tiny_model, capsys):
+    import diffedit_helpers.models as models
+
+    def broken(name, device=None, dtype=None):
+        raise OSError("no such model")
+
+    jobs, out = write_lines(tmp_path / "jobs.jsonl", job_lines(tmp_path, 1)), tmp_path / "out"
+    monkeypatch.setattr(models, "load_model", broken)
+    assert batch(jobs, out) == 2 and "error: no such model" in capsys.readouterr().err
+    monkeypatch.setattr(models, "load_model", lambda name, device=None, dtype=None: tiny_model)
+    assert batch(jobs, out) == 0
 
 
 # ----------------------------------------------------------------------------- medium: interrupts, settings, the jobs file
