@@ -19,7 +19,7 @@ from diffedit_helpers import DiffEditConfig
 from diffedit_helpers.batch import MANIFEST, run_jobs, single_process_note
 from diffedit_helpers.cli import main
 from diffedit_helpers.jobs import iter_jobs
-from diffedit_helpers.manifest import iter_records, read_manifest, write_output
+from diffedit_helpers.manifest import read_manifest, write_output
 from diffedit_helpers.world.shapes import make_edit, random_scene, render
 
 FAST = DiffEditConfig(steps=6, n_noise=2, threshold=0.3)
