@@ -1,4 +1,5 @@
-"""Many edits from a JSON-lines file, on one process or several (`accelerate launch`).
+"""Many edits from a JSON-lines file, on one process or several (`accelerate launch`), safe to
+leave running, to stop, and to run again.
 
     python -m diffedit_helpers batch JOBS.jsonl --out DIR
     accelerate launch --num_processes 2 --cpu -m diffedit_helpers batch JOBS.jsonl --out DIR
@@ -8,134 +9,49 @@ Each line of JOBS.jsonl is one job, a JSON object:
      "settings": {"threshold": 0.3, "num_inference_steps": 30}, "seed": 1, "id": "horse-1", "mask": "m.png"}
 image, source and target are required; relative paths are read from the JOBS file's folder. settings
 take DiffEditConfig's fields and diffusers' names (`diffedit`'s num_inference_steps, guidance_scale,
-strength, negative_prompt) over the command line's options; seed defaults to --seed; id (letters,
-digits, ".", "_", "-") defaults to the line number, "0007"; mask is a mask file to edit inside.
+strength, negative_prompt), and win over the command line's options; seed defaults to --seed; id (a
+name: letters, digits, ".", "_", "-") names the job's folder, which otherwise is the start of the
+job's key; mask is a mask file to edit inside. The file is read as a stream (`jobs`).
+
+A job is what it does (`jobs.job_key`): a rerun skips the jobs whose key the manifest records as
+done, wherever their lines now stand, and runs every job that is new or changed (--retry-failed
+also runs the failed ones again). One run writes into DIR at a time (`manifest.OutputLock`); a
+second says who holds it. Each job writes DIR/<name>/edited.png, mask.png and job.json (into a
+staging folder, then renamed into place; an existing file or folder is never replaced) and appends
+one line to DIR/manifest.jsonl: its key, status, outputs, mask coverage, seconds, settings and
+seed, or its error. What a killed run leaves is put right by the next (`manifest.reconcile`).
 
 Under `accelerate launch` process r of n runs jobs r, r + n, r + 2n, ... of the file (Accelerate's
-PartialState gives r and n); alone, one process runs them all in order. Each job writes
-DIR/<id>/edited.png and DIR/<id>/mask.png (into a staging folder, then renamed into place; an
-existing file or folder is never replaced) and appends one line to DIR/manifest.jsonl: its
-status, outputs, mask coverage, seconds, settings and seed, or its error. A job's generator is
-seeded from its own seed, so its result does not depend on how many processes ran.
-Jobs the manifest already holds are skipped (a rerun resumes; --retry-failed runs failed ones again);
-a job that fails is recorded with its error and the others go on.
+PartialState gives r and n); alone, one process runs them all in order. A job's generator is seeded
+from its own seed, so its result does not depend on how many processes ran. A job that fails is
+recorded with its error and the others go on.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
-import tempfile
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
-from .config import DIFFUSERS_NAMES, ConfigError, DiffEditConfig, config_from_args
+from .config import ConfigError, DiffEditConfig, config_from_args, with_option
+from .jobs import Job, check_jobs_file, folder_name, iter_jobs, job_arguments, job_key, line_key, SEED_RANGE
+from .manifest import MANIFEST, OUTPUTS, OutputFolderBusy, OutputLock, append_record, place_job, read_manifest, reconcile
+from .outputs import check_out_folder
 
-MANIFEST = "manifest.jsonl"
-OUTPUTS = ("edited.png", "mask.png")
-JOB_KEYS = ("image", "source", "target", "settings", "seed", "id", "mask")
-CONFIG_FIELDS = tuple(f.name for f in fields(DiffEditConfig))
-PASSED_AS_ARGUMENTS = ("negative_prompt", *DIFFUSERS_NAMES)  # settings handed to `diffedit` by name
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_URL = re.compile(r"^https?://")
+INTERRUPTED = 130  # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
 
 
 @dataclass
-class Job:
-    "One line of the jobs file: its id, its line number (from 1), the parsed object, or why it cannot run."
+class BatchRun:
+    "What one process did with its share of the jobs: the records it appended, how many jobs, which failed."
 
-    id: str
-    line: int
-    spec: dict | None = None
-    error: str | None = None
-
-
-def read_jobs(path: Path) -> list[Job]:
-    """Every non-blank line of a JSON-lines file as a Job, in order. A line that is not a JSON
-    object, or whose id is bad or taken, becomes a Job with its `error` set (it fails alone)."""
-    jobs, seen = [], {}
-    for n, text in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not text.strip():
-            continue
-        job = Job(id=f"{n:04d}", line=n)
-        try:
-            job.spec = json.loads(text)
-        except json.JSONDecodeError as e:
-            job.error = f"line {n} is not valid JSON ({e.msg} at column {e.colno})"
-        if job.error is None and not isinstance(job.spec, dict):
-            job.error = f"line {n} must be a JSON object {{\"image\": ..., \"source\": ..., \"target\": ...}}, got {type(job.spec).__name__}"
-        if job.error is None and "id" in job.spec:
-            given = job.spec["id"]
-            if isinstance(given, str) and _ID.match(given):
-                job.id = given
-            else:
-                job.error = f"line {n}: id must be 1-100 letters, digits, '.', '_' or '-' (starting with a letter or digit), got {given!r}"
-        if job.error is None and job.id in seen:  # refused under its line number: the first keeps the id
-            job.error = f"line {n}: id {job.id!r} is already used by line {seen[job.id]}"
-            job.id = f"{n:04d}"
-        seen.setdefault(job.id, n)
-        jobs.append(job)
-    return jobs
-
-
-def job_arguments(job: Job, config: DiffEditConfig, seed: int, base: Path) -> dict:
-    """The keyword arguments of `diffedit` for one job (image, prompts, config, seed, mask and
-    diffusers' names), checked; ValueError naming the line and the key when something is wrong."""
-    if job.error is not None:
-        raise ValueError(job.error)
-    spec, n = job.spec, job.line
-    unknown = sorted(set(spec) - set(JOB_KEYS))
-    if unknown:
-        raise ValueError(f"line {n}: unknown key(s) {', '.join(unknown)}; a job takes {', '.join(JOB_KEYS)}")
-    missing = [k for k in ("image", "source", "target") if k not in spec]
-    if missing:
-        raise ValueError(f"line {n}: missing {', '.join(missing)} (a job needs image, source and target)")
-    if not isinstance(spec["image"], str):
-        raise ValueError(f"line {n}: image must be a path or an http(s) URL (a string), got {type(spec['image']).__name__}")
-    seed = spec.get("seed", seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"line {n}: seed must be an integer >= 0, got {seed!r}")
-    settings = spec.get("settings", {})
-    if not isinstance(settings, dict):
-        raise ValueError(f"line {n}: settings must be a JSON object, got {type(settings).__name__}")
-    bad = sorted(set(settings) - set(CONFIG_FIELDS) - set(PASSED_AS_ARGUMENTS))
-    if bad:
-        raise ValueError(f"line {n}: unknown setting(s) {', '.join(bad)}; settings take DiffEditConfig's fields "
-                         f"and {', '.join(PASSED_AS_ARGUMENTS)}")
-    try:
-        config = config.replace(**{k: v for k, v in settings.items() if k in CONFIG_FIELDS}).validate()
-    except ConfigError as e:
-        raise ConfigError(e.field, f"line {n}: settings.{e.field}: {e}") from None
-    args = dict(image=_local(spec["image"], base), source_prompt=spec["source"], target_prompt=spec["target"],
-                config=config, seed=seed, mask=None if spec.get("mask") is None else _local(spec["mask"], base))
-    args.update({k: v for k, v in settings.items() if k in PASSED_AS_ARGUMENTS})
-    return args
-
-
-def _local(name, base: Path):
-    "A path relative to the jobs file's folder (absolute paths and URLs as they are)."
-    if not isinstance(name, str) or _URL.match(name):
-        return name
-    return str(base / name)
-
-
-def write_output(path: Path, data: bytes, append: bool = False):
-    """Every file the batch writes goes through here. A new file, created exclusively (an existing
-    file is never replaced); or, with `append`, data added to the end of the file in one os.write
-    on an O_APPEND descriptor, so lines from several processes never interleave."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_EXCL)
-    fd = os.open(path, flags, 0o644)
-    try:
-        written = os.write(fd, data)
-        if written != len(data):
-            raise OSError(f"short write to {str(path)!r}: {written} of {len(data)} bytes")
-    finally:
-        os.close(fd)
+    records: list = field(default_factory=list)
+    total: int = 0
+    failed: list = field(default_factory=list)  # the labels of the jobs not done
 
 
 def png_bytes(image) -> bytes:
@@ -144,82 +60,85 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
-def save_outputs(out: Path, job_id: str, result) -> dict:
-    """Write the job's pictures to a staging folder, then rename it to out/<id> (refused if that
-    exists). Returns {name: path relative to out}."""
-    final = out / job_id
-    if final.exists():
-        raise FileExistsError(f"{str(final)!r} exists but the manifest does not record job {job_id!r} "
-                              "(an interrupted run?); move it away to run the job again")
-    staging = Path(tempfile.mkdtemp(prefix=f".{job_id}.partial-", dir=out))  # left behind only by a killed run
-    for name, image in zip(OUTPUTS, (result.image, result.mask_image)):
-        write_output(staging / name, png_bytes(image))
-    os.rename(staging, final)
-    return {name.removesuffix(".png"): f"{job_id}/{name}" for name in OUTPUTS}
+def model_identity(model) -> str:
+    "The model part of a job's key: its name and precision."
+    return f"{getattr(model, 'name', type(model).__name__)} {getattr(model, 'dtype', '')}"
 
 
-def read_manifest(out: Path) -> dict:
-    "The latest manifest record of each job id; a torn last line (a killed run) is ignored."
-    records = {}
-    path = out / MANIFEST
-    if path.exists():
-        for text in path.read_text().splitlines():
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "id" in record:
-                records[record["id"]] = record
-    return records
+def prepare_job(job: Job, config: DiffEditConfig, seed: int, base: Path, model, fit: str):
+    "(diffedit's arguments, key), or (None, key of the line) with the error set on `job` when the line cannot run."
+    try:
+        args = job_arguments(job, config, seed, base)
+    except ValueError as e:
+        job.error = str(e)
+        return None, line_key(job)
+    return args, job_key(args, model_identity(model), fit)
 
 
-def run_job(model, job: Job, config: DiffEditConfig, seed: int, base: Path, out: Path, fit: str, rank: int) -> dict:
-    """Run one job and write its outputs; returns its manifest record. Any error of the job (a bad
-    line, a missing image, a bad setting, the model failing) is caught and recorded as its error."""
+def run_job(model, job: Job, args: dict, key: str, out: Path, fit: str, rank: int) -> dict:
+    """Run one prepared job and place its folder; returns its manifest record. Any error of the job
+    (a missing image, a bad setting, the model failing, its folder taken) is caught and recorded."""
     import torch
 
     from .edit import diffedit
 
-    record = dict(id=job.id, line=job.line, rank=rank, started=round(time.time(), 3))
+    name = folder_name(job, key)
+    record = dict(id=name, key=key, line=job.line, rank=rank, started=round(time.time(), 3))
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            args = job_arguments(job, config, seed, base)
-            job_seed = args.pop("seed")
-            generator = torch.Generator().manual_seed(job_seed)  # drawn on the CPU: the same noise on any device
-            result = diffedit(model, generator=generator, fit=fit, progress=False, **args)
-            outputs = save_outputs(out, job.id, result)
+            generator = torch.Generator().manual_seed(args["seed"])  # drawn on the CPU: the same noise on any device
+            edit_args = {k: v for k, v in args.items() if k != "seed"}
+            result = diffedit(model, generator=generator, fit=fit, progress=False, **edit_args)
+            files = dict(zip(OUTPUTS, (png_bytes(result.image), png_bytes(result.mask_image))))
         settings = result.config.to_dict()
-        if args.get("negative_prompt") is not None:
+        if args["negative_prompt"] is not None:
             settings["negative_prompt"] = args["negative_prompt"]
         record.update(status="ok", image=job.spec["image"], source=args["source_prompt"], target=args["target_prompt"],
-                      outputs=outputs, mask_coverage=round(float(result.mask.mean()), 6), settings=settings, seed=job_seed)
+                      outputs={f.removesuffix(".png"): f"{name}/{f}" for f in OUTPUTS},
+                      mask_coverage=round(float(result.mask.mean()), 6), settings=settings, seed=args["seed"])
         if caught:
             record["warnings"] = sorted({str(w.message) for w in caught})
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        place_job(out, name, files, record)
     except Exception as e:  # noqa: BLE001 - a failing job is recorded and the others go on
+        record = {k: record[k] for k in ("id", "key", "line", "rank", "started")}
         record.update(status="error", error=f"{type(e).__name__}: {e}")
-    record["seconds"] = round(time.perf_counter() - t0, 3)
+    record["seconds"] = record.get("seconds", round(time.perf_counter() - t0, 3))
     return record
 
 
-def run_jobs(model, jobs: list[Job], out: Path, config: DiffEditConfig, seed: int, base: Path, fit: str = "error",
-             rank: int = 0, world: int = 1, retry_failed: bool = False, report=None) -> list[dict]:
-    """Run this process's share of `jobs` (every world-th from `rank`) that the manifest does not
-    hold yet, appending a manifest line after each; report(record), if given, after each job.
-    Returns the new records."""
+def error_record(job: Job, key: str, rank: int) -> dict:
+    "The record of a line that cannot run (no model work)."
+    return dict(id=job.id, key=key, line=job.line, rank=rank, started=round(time.time(), 3), status="error",
+                error=f"ValueError: {job.error}", seconds=0.0)
+
+
+def run_jobs(model, jobs, out: Path, config: DiffEditConfig, seed: int, base: Path, fit: str = "error",
+             rank: int = 0, world: int = 1, retry_failed: bool = False, report=None) -> BatchRun:
+    """Run this process's share of `jobs` (an iterable of Job: every world-th from `rank`) whose key
+    the manifest does not record as done (nor as failed, unless `retry_failed`), appending a
+    manifest record after each; report(record, job), if given, after each job that ran."""
+    out = Path(out)
     done = read_manifest(out)
-    records = []
-    for job in jobs[rank::world]:
-        prior = done.get(job.id)
-        if prior is not None and (prior.get("status") == "ok" or not retry_failed):
+    run = BatchRun()
+    for i, job in enumerate(jobs):
+        if i % world != rank:
             continue
-        record = run_job(model, job, config, seed, base, out, fit, rank)
-        write_output(out / MANIFEST, (json.dumps(record) + "\n").encode(), append=True)
-        records.append(record)
-        if report is not None:
-            report(record)
-    return records
+        run.total += 1
+        args, key = prepare_job(job, config, seed, base, model, fit)
+        prior = done.get(key)
+        if prior is None or (prior["status"] != "ok" and retry_failed):
+            prior = run_job(model, job, args, key, out, fit, rank) if args is not None else error_record(job, key, rank)
+            append_record(out, prior)
+            done[key] = prior
+            run.records.append(prior)
+            if report is not None:
+                report(prior, job)
+        if prior["status"] != "ok":
+            run.failed.append(job.label)
+    return run
 
 
 def process_state(device=None):
@@ -252,41 +171,101 @@ def parse_bool(value) -> bool:
 
 def main(args) -> int:
     """The `batch` command: 0 when every job of the file is done, 1 when some failed (each said on
-    stderr and recorded in the manifest), 2 when the command itself cannot run."""
+    stderr and recorded in the manifest), 2 when the command itself cannot run, 130 on Ctrl-C."""
     try:
-        config = config_from_args(args)
-        jobs_path, out = Path(args.jobs), Path(args.out)
-        if not jobs_path.is_file():
-            raise FileNotFoundError(f"jobs file {str(jobs_path)!r} does not exist")
-        if out.exists() and not out.is_dir():
-            raise FileExistsError(f"--out {str(out)!r} is a file, not a folder")
-        jobs = read_jobs(jobs_path)
+        return _main(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def check_command(args) -> tuple[DiffEditConfig, Path, Path]:
+    "The options, the jobs file and the output folder, checked before any model work: (config, jobs file, out)."
+    config = config_from_args(args)
+    if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
+        raise ValueError(f"--seed must be an integer in [0, 2**64 - 1], got {args.seed}")
+    jobs_path, out = check_jobs_file(args.jobs), check_out_folder(args.out)
+    if next(iter_jobs(jobs_path), None) is None:
+        raise ValueError(f"jobs file {str(jobs_path)!r} holds no jobs (every line is blank); nothing to do")
+    return config, jobs_path, out
+
+
+def lock_out_folder(out: Path, state) -> OutputLock | None:
+    """Take the output folder for this run (the main process holds the lock and puts the folder in
+    order, `reconcile`); every process raises OutputFolderBusy if another run holds it."""
+    lock, error = None, None
+    if state.is_main_process:
+        try:
+            lock = OutputLock(out).acquire()
+            reconcile(out, read_manifest(out))
+        except OSError as e:
+            error = str(e)
+            if lock is not None:
+                lock.release()
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        error = broadcast_object_list([error])[0]  # also the barrier: no process starts before the folder is in order
+    if error is not None:
+        raise OutputFolderBusy(error)
+    return lock
+
+
+def _main(args) -> int:
+    try:
+        config, jobs_path, out = check_command(args)
         state = process_state(args.device)
         out.mkdir(parents=True, exist_ok=True)
-        from .models import load_model
+        lock = lock_out_folder(out, state)
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
+        return command_error(err)
+    try:
+        return _run(args, config, jobs_path, out, state)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def command_error(err: Exception) -> int:
+    "Say why the command cannot run, in one line; its exit status."
+    print(f"error: {with_option(err) if isinstance(err, ConfigError) else err}", file=sys.stderr)
+    return 2
+
+
+def _run(args, config: DiffEditConfig, jobs_path: Path, out: Path, state) -> int:
+    "Load the model and run this process's jobs (the output folder is this run's); the exit status."
+    from .models import load_model
+
+    try:
         device = state.device if args.device in (None, "auto") else args.device  # auto: the process's own device
         model = load_model(args.model, device=device, dtype=args.dtype)
     except (ValueError, TypeError, OSError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return command_error(err)
     note = single_process_note(os.environ, state.num_processes)
     if note and state.is_main_process:
         print(f"warning: {note}", file=sys.stderr)
 
-    def report(record):
+    def report(record, job):
         if record["status"] != "ok":
-            print(f"error: job {record['id']}: {record['error']}", file=sys.stderr)
+            print(f"error: {job.label}: {record['error']}", file=sys.stderr)
         elif not args.quiet:
             print(f"[{state.process_index}/{state.num_processes}] {record['id']}: {record['seconds']:.2f} s, "
                   f"mask {100 * record['mask_coverage']:.1f} %", flush=True)
 
-    run_jobs(model, jobs, out, config, args.seed, jobs_path.parent, args.fit, state.process_index,
-             state.num_processes, args.retry_failed, report)
-    state.wait_for_everyone()
-    records = read_manifest(out)
-    failed = [j.id for j in jobs if records.get(j.id, {}).get("status") != "ok"]
+    run = run_jobs(model, iter_jobs(jobs_path), out, config, args.seed, jobs_path.parent, args.fit,
+                   state.process_index, state.num_processes, args.retry_failed, report)
+    total, failed = gather_outcome(run, state)  # every process's: the main one releases the lock only after all are done
     if state.is_main_process:
-        print(f"{len(jobs) - len(failed)} of {len(jobs)} jobs done in {out}/ ({MANIFEST})"
+        print(f"{total - len(failed)} of {total} jobs done in {out}/ ({MANIFEST})"
               + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def gather_outcome(run: BatchRun, state) -> tuple[int, list]:
+    "(jobs, labels of the failed ones) over every process of the run."
+    if state.num_processes == 1:
+        return run.total, run.failed
+    from accelerate.utils import gather_object
+
+    parts = gather_object([(run.total, run.failed)])
+    return sum(t for t, _ in parts), sorted((f for _, fs in parts for f in fs), key=lambda label: int(label.split()[1]))

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from .config import ConfigError, DiffEditWarning, add_config_arguments, check_for_image, config_from_args, with_option
-from .outputs import check_not_input, check_out_folder, save_all, save_new
+from .outputs import check_destinations, check_not_input, check_out_folder, clean_stale, save_all, save_new
 
 OUTPUT_FILES = ("mask.png", "edited.png", "overview.png")
 MASK_ONLY_FILES = ("mask.png", "difference_map.png")  # --mask-only
@@ -67,9 +67,12 @@ def check_seed(seed: int) -> int:
 
 
 def check_outputs(out, overwrite: bool, names=OUTPUT_FILES) -> list[Path]:
-    "The output paths in `out`; refuse (before any model work) if `out` is unusable, or if one exists and overwrite is off."
+    """The output paths in `out`; refuse (before any model work) if `out` is unusable, if one is a folder,
+    or if one exists and overwrite is off. What a killed earlier run left half-saved is removed first."""
     out = check_out_folder(out)
     paths = [out / f for f in names]
+    clean_stale(out, names)  # what a killed save left: its temporary files, and a set it had only partly placed
+    check_destinations(paths)
     existing = [p.name for p in paths if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"--out {str(out)!r} already holds {', '.join(existing)}; choose a new folder or pass --overwrite")
@@ -93,7 +96,7 @@ def run_edit(image, source, target, out, args) -> Path:
     from PIL import Image
 
     from .edit import diffedit, difference_map
-    from .mask import make_mask
+    from .mask import make_mask, user_mask
     from .models import load_model, resolve_device, resolve_dtype
     from .plotting import overview
 
@@ -106,6 +109,8 @@ def run_edit(image, source, target, out, args) -> Path:
     check_seed(args.seed)
     paths = check_outputs(out, args.overwrite, MASK_ONLY_FILES if mask_only else OUTPUT_FILES)
     picture = check_inputs(image, source, target, paths, config, mask)
+    if mask is not None:  # readable and at the image's size, before the model loads
+        user_mask(mask, (picture.height, picture.width), "--mask")
     inputs = [f for f in (image, mask) if f is not None]
     fit = "resize" if args.size is not None and args.fit == "error" else args.fit
     model = load_model(args.model, device=device, dtype=dtype)

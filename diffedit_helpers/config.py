@@ -23,6 +23,9 @@ MAX_KERNEL = 4095  # blur and feather, pixels
 MAX_REFINE_RADIUS = 1024  # latent cells
 MAX_REFINE_EPS = 1.0  # the guide's colours are in [0, 1]: a larger ridge term flattens the map to its local mean
 MAX_GUIDANCE = 1000.0
+# UNet samples per call while building the mask: their activations are held at once (64 on a
+# 512x512 Stable Diffusion image is about 7 GB in half precision; more only costs memory)
+MAX_MASK_BATCH_SIZE = 64
 
 
 class DiffEditWarning(UserWarning):
@@ -65,7 +68,7 @@ class DiffEditConfig:
         composite: paste the edit into the input pixels through a feathered mask, so pixels
             outside it are exactly the input's.
         feather: width in pixels of that feather (odd kernel, 0 for a hard edge).
-        mask_batch_size: UNet samples per call while building the mask (memory bound).
+        mask_batch_size: UNet samples per call while building the mask, in [1, MAX_MASK_BATCH_SIZE] (memory).
     """
 
     n_noise: int = 10
@@ -117,6 +120,9 @@ class DiffEditConfig:
         if self.encoding not in ENCODINGS:
             raise ConfigError("encoding", f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
         _check_int("mask_batch_size", self.mask_batch_size, 1)
+        if self.mask_batch_size > MAX_MASK_BATCH_SIZE:
+            raise ConfigError("mask_batch_size", f"mask_batch_size must be an integer in [1, {MAX_MASK_BATCH_SIZE}] (UNet "
+                                                 f"samples held in memory at once), got {self.mask_batch_size}")
         _check_bool("fill_holes", self.fill_holes)
         _check_bool("composite", self.composite)
         return self

@@ -127,13 +127,15 @@ def masked_denoise(model, latents, backgrounds, mask, cond, uncond, scheduler, s
     mask is set to backgrounds[k + 1], the level the latents have just reached.
     step_end(step, timestep, latents) -> latents, if given, is called after each step and what it
     returns replaces the latents (diffusers' callback_on_step_end); then callback(step, timestep,
-    latents) is called.
+    latents) is called. A step_end whose `interrupted` is true stops the loop (diffusers' pipe._interrupt).
     """
     from tqdm.auto import tqdm
 
     ts = scheduler.timesteps
     x = latents
     for k in tqdm(range(start_index, len(ts)), desc="DiffEdit", disable=not progress, leave=False):
+        if getattr(step_end, "interrupted", False):  # diffusers' pipe._interrupt: stop, keep the latents reached
+            break
         t = ts[k]
         # 1. predict the noise towards the target prompt (classifier-free guidance)
         eps = guided_noise(model, x, t, cond, uncond, guidance)
@@ -216,18 +218,19 @@ def prepare_inputs(model, image, source_prompt, target_prompt, config=None, fit:
     model = as_model(model)
     config = checked_config(config, model)
     check_model(model, config.steps)
-    return _prepare(model, image, source_prompt, target_prompt, config, fit, max_side), config
+    return _prepare(model, image, source_prompt, target_prompt, config, fit, max_side)[0], config
 
 
 def _prepare(model, image, source_prompt, target_prompt, config, fit, max_side=None, has_mask: bool = False):
     """Check the prompts and the image (config and model already checked); no model work. Returns
-    the RGB image. The source prompt may be empty: the map is then taken against the unconditional
+    (the RGB image after `fit`, its (H, W) before). The source prompt may be empty: the map is then taken against the unconditional
     prediction. Warns when the text model cannot tell the prompts apart, when the model was never
     trained on such an edit, and when the edit will be slow here."""
     check_prompt("source_prompt", source_prompt, allow_empty=True)
     check_prompt("target_prompt", target_prompt)
     f = model.vae_scale_factor
     image = to_rgb(image, "image", multiple=f)
+    original = (image.height, image.width)
     min_side = f * 2 ** (len(model.unet.config.block_out_channels) - 1)
     image = fit_size(image, f, fit=fit, name="image", min_side=min_side, max_side=max_side)
     check_for_image(config, image.width, image.height, f)
@@ -239,7 +242,7 @@ def _prepare(model, image, source_prompt, target_prompt, config, fit, max_side=N
             warnings.warn(f"source_prompt and target_prompt differ, but the text model cannot tell them apart: {why}; "
                           f"the mask is empty and the image is returned unchanged", DiffEditWarning, stacklevel=3)
     warn_before_editing(model, image, source_prompt, target_prompt, config)
-    return image
+    return image, original
 
 
 def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
@@ -263,7 +266,7 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
     callback(step, timestep, latents): called after every denoising step (previews).
     on_stage(stage, event): called with event "start" and "end" around each of STAGES.
     mask: the caller's own mask instead of step 1: a bool array (H, W) at the image's size
-        (after `fit`), a float array in [0, 1] (binarised at 0.5: values >= 0.5 are inside), a
+        (before `fit`, then cropped or resized with it; or after it), a float array in [0, 1] (binarised at 0.5: values >= 0.5 are inside), a
         PIL "L" image, or a path to one (`mask.user_mask`); checked before any model work. The
         "mask" stage then runs no model; the edit keeps to the mask exactly: with composite on,
         the feather lies inside it and every pixel outside it is the input's.
@@ -273,7 +276,8 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
         unconditional branch of guidance while denoising; the mask does not use it),
         output_type ("pil", "np" or "pt": what `.images` holds), callback_on_step_end(pipe,
         step, timestep, callback_kwargs) -> dict, with pipe the model and callback_kwargs
-        {"latents": (1, C, h, w)}; a "latents" entry in what it returns replaces them.
+        {"latents": (1, C, h, w)}; a "latents" entry in what it returns replaces them, and
+        `pipe._interrupt = True` stops the denoising early (`DiffusersStepEnd`).
     Returns a DiffEditResult (DiffEditResults, a list of them, for a list of images).
     """
     model = as_model(model)
@@ -283,7 +287,7 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
     check_callables(callback=callback, on_stage=on_stage, callback_on_step_end=callback_on_step_end)
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    step_end = None if callback_on_step_end is None else diffusers_step_end(model, callback_on_step_end)
+    step_end = None if callback_on_step_end is None else DiffusersStepEnd(model, callback_on_step_end)
     batch = isinstance(image, (list, tuple))
     images = list(image) if batch else [image]
     n = len(images)
@@ -293,9 +297,9 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
     for im, s, t, neg, m in zip(images, srcs, tgts, negs, masks):
         if neg is not None:
             check_prompt("negative_prompt", neg, allow_empty=True)
-        im = _prepare(model, im, s, t, config, fit, max_side, has_mask=m is not None)
+        im, original = _prepare(model, im, s, t, config, fit, max_side, has_mask=m is not None)
         if m is not None:
-            m = user_mask(m, (im.height, im.width))
+            m = user_mask(m, (im.height, im.width), original=original, fit=fit)
             if not m.any():
                 warnings.warn("mask is empty (nothing inside it): the image is returned unchanged", DiffEditWarning,
                               stacklevel=2)
@@ -326,22 +330,43 @@ def check_callables(**hooks):
             raise TypeError(f"{name} must be a function or None, got {type(hook).__name__}")
 
 
-def diffusers_step_end(pipe, callback_on_step_end):
+class DiffusersStepEnd:
     """Our step_end(step, timestep, latents) -> latents from diffusers' callback_on_step_end(pipe,
     step, timestep, callback_kwargs) -> dict: callback_kwargs is {"latents": latents}, and a
-    "latents" entry in the dict it returns replaces them (same shape; moved to their device and dtype)."""
+    "latents" entry in the dict it returns replaces them (a tensor of the same shape, finite; moved
+    to their device and dtype). `pipe._interrupt = True`, set by the callback, stops the denoising
+    after that step as in diffusers (`interrupted`): the latents reached are decoded. Recipes that
+    change guidance or the prompts mid-run (`pipe._guidance_scale`, "prompt_embeds" in the dict
+    returned) are refused: DiffEdit's guidance is config.guidance, fixed for the whole edit."""
 
-    def step_end(step, timestep, latents):
-        out = callback_on_step_end(pipe, step, timestep, {"latents": latents})
+    def __init__(self, pipe, callback_on_step_end):
+        self.pipe, self.callback = pipe, callback_on_step_end
+        pipe._interrupt = False
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(getattr(self.pipe, "_interrupt", False))
+
+    def __call__(self, step, timestep, latents):
+        guidance = vars(self.pipe).get("_guidance_scale")
+        out = self.callback(self.pipe, step, timestep, {"latents": latents})
         if not isinstance(out, dict):
             raise TypeError(f"callback_on_step_end must return a dict (diffusers' convention), got {type(out).__name__}")
+        if vars(self.pipe).get("_guidance_scale") != guidance or set(out) - {"latents"}:
+            changed = sorted(set(out) - {"latents"}) or ["pipe._guidance_scale"]
+            raise ValueError(f"callback_on_step_end changed {', '.join(changed)}: changing guidance or the prompts during the "
+                             f"edit is not supported (guidance is config.guidance for the whole edit); return only "
+                             f"{{'latents': ...}}, or set pipe._interrupt = True to stop early")
         new = out.get("latents", latents)
-        if not isinstance(new, torch.Tensor) or new.shape != latents.shape:
-            raise ValueError(f"callback_on_step_end returned latents of shape {tuple(getattr(new, 'shape', ()))}; "
+        if not isinstance(new, torch.Tensor):
+            raise TypeError(f"callback_on_step_end must return latents as a torch.Tensor of shape {tuple(latents.shape)}, "
+                            f"got {type(new).__name__}")
+        if new.shape != latents.shape:
+            raise ValueError(f"callback_on_step_end returned latents of shape {tuple(new.shape)}; "
                              f"they must keep the shape {tuple(latents.shape)}")
+        if not torch.isfinite(new).all():
+            raise ValueError(f"callback_on_step_end returned latents holding NaN or inf at step {step}")
         return new.to(device=latents.device, dtype=latents.dtype)
-
-    return step_end
 
 
 @torch.no_grad()

@@ -50,6 +50,13 @@ def to_rgb(image, name: str = "image", max_pixels: int = MAX_PIXELS, multiple: i
     return _pil_to_rgb(image, name)
 
 
+def read_picture(source, name: str, max_pixels: int = MAX_PIXELS, multiple: int = 1) -> Image.Image:
+    "The picture at a path or an http(s) URL (any case), as a PIL image in its own mode."
+    if isinstance(source, str) and _URL.match(source):
+        return _fetch_image(source, name, max_pixels, multiple)
+    return read_image_file(Path(source), name, max_pixels, multiple)
+
+
 def read_image_file(path: Path, name: str, max_pixels: int, multiple: int) -> Image.Image:
     "Open an image file, check its size from the header, then decode it into memory."
     if not path.exists():
@@ -212,16 +219,74 @@ def from_url_or_tensor(image, name: str = "image", max_pixels: int = MAX_PIXELS,
     return image.detach().cpu().numpy()
 
 
-def fetch_url(url: str, timeout: float = 30.0, max_bytes: int = 256 * 2**20) -> bytes:
-    "The bytes an http(s) URL serves (standard library only); urllib's errors pass through."
+FETCH_SECONDS = 60.0  # the whole fetch of one URL: connecting, the headers and every byte
+FETCH_BYTES = 256 * 2**20
+URL_SCHEMES = ("http", "https")
+
+
+class FetchError(OSError):
+    "A URL could not be fetched whole within the limits; the message says why."
+
+
+def fetch_url(url: str, deadline_s: float | None = None, max_bytes: int | None = None) -> bytes:
+    """The bytes an http(s) URL serves (standard library only), within `deadline_s` seconds for the
+    whole fetch (however slowly the server sends; default FETCH_SECONDS) and at most `max_bytes`
+    (default FETCH_BYTES; refused from the
+    Content-Length header, else as soon as the data passes it). Redirects are followed only to
+    http(s). FetchError says what went wrong; urllib's HTTPError (a status) and URLError pass through."""
+    import http.client
+    import time
     import urllib.request
 
+    deadline_s = FETCH_SECONDS if deadline_s is None else deadline_s
+    max_bytes = FETCH_BYTES if max_bytes is None else max_bytes
+    end = time.monotonic() + deadline_s
+    opener = urllib.request.build_opener(_redirect_handler())
     request = urllib.request.Request(url, headers={"User-Agent": "diffedit-lab"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        data = response.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise OSError(f"more than {max_bytes:,} bytes")
-    return data
+    try:
+        with opener.open(request, timeout=deadline_s) as response:
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
+                raise FetchError(f"it is {int(declared):,} bytes, over the limit of {max_bytes:,}")
+            return _read_within(response, end, deadline_s, max_bytes)
+    except http.client.IncompleteRead as e:
+        raise FetchError("the server closed the connection before the end of its answer") from e
+    except http.client.HTTPException as e:
+        raise FetchError(f"the server's answer is broken ({type(e).__name__})") from e
+    except TimeoutError as e:
+        raise FetchError(f"no answer within {deadline_s:g} s") from e
+
+
+def _read_within(response, end: float, deadline_s: float, max_bytes: int) -> bytes:
+    "Read a response chunk by chunk until its end, the deadline or the size limit."
+    import time
+
+    chunks, size = [], 0
+    while True:
+        if time.monotonic() > end:
+            raise FetchError(f"not finished within {deadline_s:g} s ({size:,} bytes so far)")
+        chunk = response.read1(1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > max_bytes:
+            raise FetchError(f"more than the limit of {max_bytes:,} bytes")
+        chunks.append(chunk)
+
+
+def _redirect_handler():
+    import urllib.request
+
+    class HttpOnly(urllib.request.HTTPRedirectHandler):
+        "Follow a redirect only to another http(s) URL."
+
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            scheme = newurl.split("://", 1)[0].lower() if "://" in newurl else "http"
+            if scheme not in URL_SCHEMES:
+                raise FetchError(f"it redirects to {newurl!r}; only http:// and https:// are followed")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return HttpOnly
 
 
 def _fetch_image(url: str, name: str, max_pixels: int, multiple: int) -> Image.Image:
@@ -229,12 +294,14 @@ def _fetch_image(url: str, name: str, max_pixels: int, multiple: int) -> Image.I
     import urllib.error
 
     scheme = url.split("://", 1)[0].lower()
-    if scheme not in ("http", "https"):
+    if scheme not in URL_SCHEMES:
         raise ImageInputError(f"{name}: only http:// and https:// URLs are accepted, got {scheme}:// ({url!r})")
     try:
         data = fetch_url(url)
     except urllib.error.HTTPError as e:
         raise ImageInputError(f"{name}: {url!r} answered HTTP {e.code} ({e.reason})") from e
+    except FetchError as e:
+        raise ImageInputError(f"{name}: could not fetch {url!r}: {e}") from e
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise ImageInputError(f"{name}: could not fetch {url!r} ({reason}); offline? download it and pass the file") from e

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import DiffEditWarning, check_kernel, check_threshold
-from .images import MAX_PIXELS, read_image_file
+from .images import MAX_PIXELS, read_picture, value_scale
 from .noising import add_noise, draw_noise, predict_noise, timestep_at
 
 
@@ -140,28 +140,45 @@ def make_mask(diff_map: np.ndarray, threshold: float, blur: int = 0, holes: bool
     return fill_holes(mask) if holes else mask
 
 
-def user_mask(mask, shape: tuple[int, int], name: str = "mask") -> np.ndarray:
+def user_mask(mask, shape: tuple[int, int], name: str = "mask", original: tuple[int, int] | None = None,
+              fit: str = "error") -> np.ndarray:
     """A mask the caller brings, checked and binarised: (H, W) bool at `shape` = (H, W).
+    A mask at the image's `original` (H, W), before `fit` ("crop" or "resize") made it `shape`,
+    is cropped or resized (nearest) the same way.
 
     mask: a bool array; a float array (or tensor) in [0, 1], binarised at 0.5 (values >= 0.5 are
-    inside, as in diffusers' inpainting); an integer array of 0 and 1; a PIL "L" or "1" image
-    (grey levels scaled to [0, 1], then binarised at 0.5; other modes are converted to "L" with
-    a warning); or a path to such an image. Raises ValueError/TypeError naming `name`; no model work.
+    inside, as in diffusers' inpainting); an integer array of 0 and 1; a PIL image (its values
+    scaled to [0, 1] by `mask_levels`, then binarised at 0.5), or a path or an http(s) URL of
+    one. Raises ValueError/TypeError naming `name`; no model work.
     """
     if isinstance(mask, (str, os.PathLike)):
-        mask = read_image_file(Path(mask), name, MAX_PIXELS, 1)
+        mask = read_picture(mask if isinstance(mask, str) else Path(mask), name, MAX_PIXELS, 1)
     if isinstance(mask, Image.Image):
-        if mask.mode not in ("L", "1"):
-            warnings.warn(f"{name}: {mask.mode} image converted to grey (L)", DiffEditWarning, stacklevel=3)
-            mask = mask.convert("L")
-        mask = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+        mask = mask_levels(mask, name)
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     if not isinstance(mask, np.ndarray):
         raise TypeError(f"{name} must be a bool or float array, a PIL 'L' image or a path, got {type(mask).__name__}")
-    if mask.ndim != 2 or mask.shape != tuple(shape):
+    sizes = {tuple(shape), tuple(original or shape)}
+    if mask.ndim != 2 or mask.shape not in sizes:
         size = f"{mask.shape[1]}x{mask.shape[0]}" if mask.ndim == 2 else f"shape {mask.shape}"
-        raise ValueError(f"{name} is {size}, but it must be (H, W) at the image's size {shape[1]}x{shape[0]} (after fit)")
+        accepted = " or ".join(f"{w}x{h}" for h, w in sorted(sizes, reverse=True))
+        raise ValueError(f"{name} is {size}, but it must be (H, W) at the image's size {accepted}")
+    binary = _binarise(mask, name)
+    return binary if binary.shape == tuple(shape) else fit_mask(binary, shape, fit)
+
+
+def fit_mask(mask: np.ndarray, shape: tuple[int, int], fit: str) -> np.ndarray:
+    "A (H, W) bool mask taken to `shape` as `fit` took its image: the same crop, or a nearest-neighbour resize."
+    h, w = shape
+    if fit == "crop":
+        return mask[:h, :w].copy()
+    small = Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)
+    return np.asarray(small) >= 128
+
+
+def _binarise(mask: np.ndarray, name: str) -> np.ndarray:
+    "A checked (H, W) bool array from a bool, 0/1 integer or [0, 1] float array."
     if mask.dtype == bool:
         return mask.copy()
     if np.issubdtype(mask.dtype, np.integer):
@@ -176,6 +193,30 @@ def user_mask(mask, shape: tuple[int, int], name: str = "mask") -> np.ndarray:
     if mask.min() < 0 or mask.max() > 1:
         raise ValueError(f"{name}: float values must be in [0, 1], got [{mask.min():.3g}, {mask.max():.3g}]")
     return mask >= 0.5
+
+
+def mask_levels(im: Image.Image, name: str = "mask") -> np.ndarray:
+    """A mask picture as (H, W) values to binarise at 0.5, read with the images' value-scale rules
+    (`images.value_scale`): 8-bit grey as levels of 255; 16-bit and 32-bit integers of only 0 and 1
+    as 0 and 1, else as 8-bit or 16-bit levels; floats as they are, which must lie in [0, 1].
+    Transparency is refused (tools read it both ways: transparent as inside, or as outside)."""
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        alpha = np.asarray(im.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:
+            raise ValueError(f"{name}: the mask has transparent pixels, which tools read both ways (transparent as inside, or "
+                             f"as outside); save it as a grey image without alpha, white = edit")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            return arr
+        if arr.size and arr.min() < 0:
+            raise ValueError(f"{name}: a {im.mode} mask must not hold negative values, got values down to {arr.min():g}")
+        if np.isin(arr, (0, 1)).all():
+            return arr
+        return arr / value_scale(im.mode, float(arr.max()) if arr.size else 0.0)[0]
+    if im.mode not in ("L", "1"):
+        warnings.warn(f"{name}: {im.mode} image converted to grey (L)", DiffEditWarning, stacklevel=4)
+    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
 
 
 def post_recipe_mask(raw_map: np.ndarray, threshold: float = 0.1, blur: int = 7) -> np.ndarray:

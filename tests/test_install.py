@@ -93,3 +93,28 @@ def test_installing_beside_the_platforms_versions_changes_none_of_them(platform,
     for name, version in pinned.items():
         assert chosen.get(name.lower(), version) == version, (name, chosen.get(name.lower()))
     assert "torch" not in chosen  # the preinstalled (CUDA) torch is never replaced
+
+
+def test_building_the_package_says_no_packaging_warning_and_ships_the_bundled_model(tmp_path):
+    "What `pip install -e .` builds: no setuptools warning, and every file of the bundled model in the wheel."
+    import shutil
+    import zipfile
+
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip("the build needs setuptools >= 77 (pyproject.toml's build-system)")
+    source = tmp_path / "src"  # a copy: the build writes build/ and *.egg-info beside the sources
+    shutil.copytree(ROOT / "diffedit_helpers", source / "diffedit_helpers", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    cmd = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", "--no-index", "-w",
+           str(tmp_path / "wheel"), str(source)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="always"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [line.strip() for line in (proc.stdout + proc.stderr).splitlines()
+            if re.search(r"Warning:|absent from|deprecated", line) and "byte-compiling is disabled" not in line]
+    assert said == []
+    [wheel] = (tmp_path / "wheel").glob("*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    bundled = {str(p.relative_to(ROOT)) for p in (ROOT / "diffedit_helpers" / "bundled").rglob("*") if p.is_file()}
+    assert bundled and bundled <= shipped

@@ -1,0 +1,199 @@
+"""The output folder of a `batch` run: one writer at a time, job folders placed whole, and a
+manifest that agrees with what is on disk.
+
+    out/.lock            held (flock) by the run writing here; says who: pid, host, since when
+    out/manifest.jsonl   one JSON record a line, appended whole; a torn line is skipped
+    out/<name>/          a finished job: edited.png, mask.png and job.json (its own record)
+
+A job's folder is written under a staging name (`.<name>.partial-<pid>-<n>`) and renamed into
+place only when complete, with its record inside it; then its record is appended to the
+manifest. A run that is killed in between leaves either a staging folder, removed by the next
+run, or a complete folder the manifest does not record, which the next run adopts
+(`reconcile`). A record whose folder is gone no longer counts as done.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+MANIFEST = "manifest.jsonl"
+LOCK = ".lock"
+RECORD = "job.json"  # a finished job's record, inside its folder
+OUTPUTS = ("edited.png", "mask.png")
+PARTIAL = ".partial-"
+_counter = itertools.count()
+
+
+class OutputFolderBusy(OSError):
+    "Another run holds the output folder's lock; the message says who and since when."
+
+
+def write_output(path: Path, data: bytes, append: bool = False):
+    """Every file the batch writes goes through here. A new file, created exclusively (an existing
+    file is never replaced), with the mode a plain open() gives (0666 less the umask); or, with
+    `append`, data added to the end of the file in one os.write on an O_APPEND descriptor."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_EXCL)
+    fd = os.open(path, flags, 0o666)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"short write to {str(path)!r}: {written} of {len(data)} bytes")
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- one writer at a time
+class OutputLock:
+    """An exclusive lock on the output folder (flock on out/.lock), held until `release` or the
+    process ends (a killed run holds nothing). `acquire` raises OutputFolderBusy naming the holder."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK
+        self.fd = None
+
+    def acquire(self) -> "OutputLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = holder_text(os.read(fd, 4096))
+            os.close(fd)
+            raise OutputFolderBusy(f"--out {str(self.path.parent)!r} is in use by another batch run ({holder}); "
+                                   f"wait for it to finish, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        os.pwrite(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), since=since)).encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def holder_text(data: bytes) -> str:
+    "Who holds the lock, from the lock file's contents: 'pid 12, host h, since ...'."
+    try:
+        info = json.loads(data)
+        return f"pid {info['pid']} on host {info['host']}, since {info['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+# ----------------------------------------------------------------------------- records
+def append_record(out: Path, record: dict):
+    """Append one record to the manifest as a whole line. A torn last line (a killed run) is
+    ended first, so the new record stands on a line of its own; processes of one run take turns."""
+    path = Path(out) / MANIFEST
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the processes of one run (`accelerate launch`) take turns
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+    finally:
+        os.close(fd)
+    write_output(path, line, append=True)
+
+
+def iter_records(out: Path):
+    "Every whole record of the manifest, in order; torn or unreadable lines are skipped."
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        return
+    with open(path, "rb") as fh:
+        for raw in fh:
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("key"), str):
+                yield record
+
+
+def is_complete(out: Path, name) -> bool:
+    "True if out/<name> is a finished job's folder: both pictures and its record."
+    return isinstance(name, str) and all((Path(out) / name / f).is_file() for f in (*OUTPUTS, RECORD))
+
+
+def read_manifest(out: Path) -> dict:
+    """{key: record}: each job's record. A finished job (status ok, its folder complete) keeps its
+    record whatever comes after it; otherwise the latest record counts."""
+    records = {}
+    for record in iter_records(out):
+        prior = records.get(record["key"])
+        if prior is None or not (prior.get("status") == "ok" and is_complete(out, prior.get("id"))):
+            records[record["key"]] = record
+    return {k: r for k, r in records.items() if r.get("status") != "ok" or is_complete(out, r.get("id"))}
+
+
+# ----------------------------------------------------------------------------- what is on disk
+def reconcile(out: Path, records: dict) -> list[dict]:
+    """Make the manifest agree with the folder (run under the lock): remove staging folders that
+    killed runs left, and adopt every complete job folder the manifest does not record as done
+    (its record is appended, and added to `records`). Returns the adopted records."""
+    out = Path(out)
+    done = {r.get("id") for r in records.values() if r.get("status") == "ok"}
+    adopted = []
+    for entry in os.scandir(out):
+        if entry.name.startswith(".") and PARTIAL in entry.name and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        elif entry.is_dir(follow_symlinks=False) and entry.name not in done and is_complete(out, entry.name):
+            record = folder_record(out, entry.name)
+            if record is not None and records.get(record["key"], {}).get("status") != "ok":
+                record["adopted"] = True
+                append_record(out, record)
+                records[record["key"]] = record
+                adopted.append(record)
+    return adopted
+
+
+def folder_record(out: Path, name: str) -> dict | None:
+    "The record a finished job's folder holds (None if it is not one of ours)."
+    try:
+        record = json.loads((Path(out) / name / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(record, dict) and record.get("status") == "ok" and isinstance(record.get("key"), str)
+    return record if ok and record.get("id") == name else None
+
+
+def place_job(out: Path, name: str, files: dict, record: dict) -> str:
+    """Write a finished job's `files` ({file name: bytes}) and its record into a staging folder,
+    then rename it to out/<name>. Returns "new", or "same" when out/<name> already holds this job
+    (same key: another process of the run finished it). FileExistsError when out/<name> is
+    anything else; the staging folder is removed on any failure."""
+    out = Path(out)
+    staging = out / f".{name}{PARTIAL}{os.getpid()}-{next(_counter)}"
+    os.mkdir(staging)  # the mode a plain mkdir gives (0777 less the umask)
+    try:
+        for file, data in files.items():
+            write_output(staging / file, data)
+        write_output(staging / RECORD, json.dumps(record).encode())
+        final = out / name
+        if final.exists() or final.is_symlink():
+            existing = folder_record(out, name)
+            if existing is not None and existing["key"] == record["key"] and is_complete(out, name):
+                return "same"
+            raise FileExistsError(f"{str(final)!r} exists and is not this job's folder (another job's, or not one of "
+                                  f"ours); give this job another id, or choose a new --out")
+        os.rename(staging, final)
+        return "new"
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
