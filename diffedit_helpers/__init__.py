@@ -16,6 +16,7 @@ from .edit import (
     diffedit,
     difference_map,
     feather_alpha,
+    latent_difference,
     masked_denoise,
     noised_backgrounds,
 )
@@ -60,4 +61,5 @@ __all__ = [
     "make_mask", "refine_map", "difference_map", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds",
     "composite", "feather_alpha", "mask_maps", "to_epsilon", "to_rgb", "fit_size", "predicted_x0", "alpha_bar",
     "post_recipe_mask", "post_recipe_latent_mask", "clamp_map", "scale_map", "generator_streams",
+    "latent_difference",
 ]

@@ -33,7 +33,7 @@ from PIL import Image
 from .config import DiffEditConfig, DiffEditWarning, check_for_image, with_diffusers_names
 from .images import fit_size, to_rgb
 from .latents import decode_to_images, encode_image
-from .mask import blur_mask, check_finite, latent_mask, make_mask, mask_maps, user_mask
+from .mask import blur_mask, check_finite, latent_mask, make_mask, mask_maps, raw_difference, user_mask
 from .models import as_model
 from .noising import add_noise, alpha_bar, draw_noise, generator_streams, guided_noise, make_scheduler, to_epsilon
 from .preflight import check_model, warn_before_editing
@@ -359,6 +359,20 @@ def difference_map(model, image, source_prompt, target_prompt, config: DiffEditC
     x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt, on_stage)
     with stage("mask", on_stage):
         return mask_maps(model, image, x0, src, tgt, make_scheduler(model, config.steps), config, mask_generator)[1]
+
+
+@torch.no_grad()
+def latent_difference(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
+                      generator: torch.Generator | None = None, fit: str = "error", max_side: int | None = None) -> torch.Tensor:
+    """Step 1 on the latent grid, before any scaling: the (h, w) float32 mean |eps_target - eps_source|
+    from the same mask stream as `diffedit` and `difference_map`. Scale it with `mask.scale_map`
+    (min-max or the clamp), bring it to the image with `upsample_map`. Checks its inputs as `diffedit` does."""
+    model = as_model(model)
+    image, config = prepare_inputs(model, image, source_prompt, target_prompt, config, fit, max_side)
+    check_generator(generator)
+    mask_generator, _ = generator_streams(generator)
+    x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt)
+    return raw_difference(model, x0, src, tgt, make_scheduler(model, config.steps), config, mask_generator)
 
 
 @torch.no_grad()

@@ -238,6 +238,19 @@ def latent_mask(mask: np.ndarray, latent_size: tuple[int, int], device=None, dty
 
 
 @torch.no_grad()
+def raw_difference(model, x0, source_emb, target_emb, scheduler, config, generator=None) -> torch.Tensor:
+    """`noise_difference` with config's n_noise, mask_strength and batch size: the (h, w) float32 map on
+    the latent grid, before any scaling; zeros for prompts the text model cannot tell apart. Refuses NaN/inf."""
+    if torch.equal(source_emb, target_emb):  # prompts the text model cannot tell apart: no difference, by definition
+        raw = torch.zeros(x0.shape[-2:], device=x0.device)
+    else:
+        raw = noise_difference(model, x0, source_emb, target_emb, scheduler, config.n_noise, config.mask_strength,
+                               generator, config.mask_batch_size)
+    check_finite(raw, "the difference map", model)
+    return raw
+
+
+@torch.no_grad()
 def mask_maps(model, image, x0, source_emb, target_emb, scheduler, config, generator=None) -> tuple[np.ndarray, np.ndarray]:
     """Step 1 of DiffEdit from encoded inputs: (raw_map, map), each (H, W) float32 in [0, 1].
 
@@ -245,12 +258,7 @@ def mask_maps(model, image, x0, source_emb, target_emb, scheduler, config, gener
     same refined with the image's edges when config.refine (else raw_map itself). The mask
     is `make_mask(map, config.threshold, config.blur, config.fill_holes)`.
     """
-    if torch.equal(source_emb, target_emb):  # prompts the text model cannot tell apart: no difference, by definition
-        raw = torch.zeros(x0.shape[-2:], device=x0.device)
-    else:
-        raw = noise_difference(model, x0, source_emb, target_emb, scheduler, config.n_noise, config.mask_strength,
-                               generator, config.mask_batch_size)
-    check_finite(raw, "the difference map", model)
+    raw = raw_difference(model, x0, source_emb, target_emb, scheduler, config, generator)  # (h, w)
     raw_map = upsample_map(scale_map(raw, config.normalise, config.clamp_ratio), (image.height, image.width)).astype(np.float32)
     if not config.refine or not raw_map.any():
         return raw_map, raw_map
