@@ -16,6 +16,7 @@ from .edit import (
     diffedit,
     difference_map,
     feather_alpha,
+    latent_difference,
     masked_denoise,
     noised_backgrounds,
 )
@@ -23,14 +24,17 @@ from .images import ImageInputError, fit_size, to_rgb
 from .latents import decode_latents, decode_to_images, encode_image, image_to_tensor, tensor_to_images
 from .mask import (
     blur_mask,
+    clamp_map,
     fill_holes,
     latent_mask,
     make_mask,
     mask_maps,
     noise_difference,
     normalise_map,
+    post_recipe_latent_mask,
     post_recipe_mask,
     refine_map,
+    scale_map,
     threshold_mask,
     upsample_map,
 )
@@ -38,6 +42,7 @@ from .models import BUNDLED_PATH, DiffEditModel, ModelLoadError, load_auto, load
 from .noising import (
     add_noise,
     alpha_bar,
+    generator_streams,
     guided_noise,
     make_scheduler,
     predict_noise,
@@ -55,5 +60,6 @@ __all__ = [
     "guided_noise", "noise_difference", "normalise_map", "upsample_map", "threshold_mask", "blur_mask", "fill_holes",
     "make_mask", "refine_map", "difference_map", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds",
     "composite", "feather_alpha", "mask_maps", "to_epsilon", "to_rgb", "fit_size", "predicted_x0", "alpha_bar",
-    "post_recipe_mask",
+    "post_recipe_mask", "post_recipe_latent_mask", "clamp_map", "scale_map", "generator_streams",
+    "latent_difference",
 ]

@@ -15,9 +15,17 @@ import warnings
 from dataclasses import asdict, dataclass, fields, replace
 
 ENCODINGS = ("noise", "inversion")
+# how the raw map is scaled to [0, 1] before the threshold (`mask.scale_map`): "minmax" stretches its
+# lowest value to 0 and its highest to 1; "clamp" is diffusers' StableDiffusionDiffEditPipeline rule,
+# the map divided by clamp_ratio times its mean and clipped at 1, so one extreme cell cannot squash the rest
+NORMALISATIONS = ("minmax", "clamp")
 STABLE_DIFFUSION_VAE_FACTOR = 8  # pixels per latent cell in every Stable Diffusion 1.x/2.x VAE
-# Stable Diffusion's defaults where they differ from the shapes world's: the paper's threshold
-STABLE_DIFFUSION = dict(threshold=0.5, refine=False)
+# Stable Diffusion's defaults where they differ from the shapes world's: one published rule, as published.
+# The DiffEdit paper removes extreme values, rescales to [0, 1] and binarises at 0.5, but does not say how
+# the extremes are removed; diffusers' pipeline publishes one way, as code: clamp at 3 x the map's mean,
+# divide by that, keep what is above 0.5. No blur, no hole filling, no refinement (none is in that rule).
+STABLE_DIFFUSION = dict(normalise="clamp", clamp_ratio=3.0, threshold=0.5, blur=0, fill_holes=False, refine=False)
+MAX_CLAMP_RATIO = 1000.0
 # upper bounds that hold for any image; `check_for_image` then bounds them by the image itself
 MAX_KERNEL = 4095  # blur and feather, pixels
 MAX_REFINE_RADIUS = 1024  # latent cells
@@ -48,6 +56,9 @@ class DiffEditConfig:
         n_noise: independent noise draws whose prediction differences are averaged.
         mask_strength: how far into the noise schedule the image is noised for the mask
             (0.5 = the middle step of the DDIM schedule).
+        normalise: how the raw map is scaled to [0, 1]: "minmax" (lowest value 0, highest 1) or
+            "clamp" (diffusers' rule: divided by clamp_ratio x its mean, clipped at 1).
+        clamp_ratio: for "clamp", the multiple of the map's mean that maps to 1, in (0, 1000].
         threshold: the normalised difference map is binarised at this value, in [0, 1].
         blur: Gaussian blur kernel in image pixels applied to the map before the threshold;
             0 turns it off, otherwise odd (an even value is rounded up, with a warning).
@@ -73,6 +84,8 @@ class DiffEditConfig:
 
     n_noise: int = 10
     mask_strength: float = 0.5
+    normalise: str = "minmax"
+    clamp_ratio: float = 3.0
     threshold: float = 0.25
     blur: int = 0
     fill_holes: bool = True
@@ -91,6 +104,9 @@ class DiffEditConfig:
         "Raise ConfigError naming the first bad field and its accepted range; return self."
         _check_int("n_noise", self.n_noise, 1)
         _check_unit("mask_strength", self.mask_strength)
+        if self.normalise not in NORMALISATIONS:
+            raise ConfigError("normalise", f"normalise must be one of {NORMALISATIONS}, got {self.normalise!r}")
+        check_clamp_ratio(self.clamp_ratio)
         check_threshold(self.threshold)
         self.blur = check_kernel("blur", self.blur)
         self.feather = check_kernel("feather", self.feather)
@@ -138,10 +154,12 @@ class DiffEditConfig:
     @classmethod
     def for_model(cls, model) -> "DiffEditConfig":
         """The defaults for `model`. The class defaults were measured on the shapes world (the
-        bundled model and any model of its kind). Models with Stable Diffusion's 8x VAE get the
-        DiffEdit paper's mask rule instead: the normalised map binarised at 0.5, without this
-        project's guided-filter refinement, which was measured only on flat-coloured objects
-        (on textured photos it can follow the texture inside the object). See STABLE_DIFFUSION."""
+        bundled model and any model of its kind). Models with Stable Diffusion's 8x VAE get one
+        published mask rule instead, as published: diffusers' StableDiffusionDiffEditPipeline's
+        (the map clamped at 3 x its mean, divided by that, binarised at 0.5, the paper's threshold),
+        without blur, hole filling or this project's guided-filter refinement, which was measured
+        only on flat-coloured objects (on textured photos it can follow the texture inside the
+        object). See STABLE_DIFFUSION."""
         if model.vae_scale_factor == STABLE_DIFFUSION_VAE_FACTOR:
             return cls(**STABLE_DIFFUSION)
         return cls()
@@ -170,6 +188,14 @@ def _check_unit(name, value):
 def _check_bool(name, value):
     if not isinstance(value, bool):
         raise ConfigError(name, f"{name} must be True or False, got {value!r}")
+
+
+def check_clamp_ratio(value, name: str = "clamp_ratio") -> float:
+    "The clamp rule's multiple of the map's mean: a finite number in (0, MAX_CLAMP_RATIO]."
+    _check_real(name, value)
+    if not 0.0 < value <= MAX_CLAMP_RATIO:
+        raise ConfigError(name, f"{name} must be > 0 and at most {MAX_CLAMP_RATIO:g} (a multiple of the map's mean), got {value}")
+    return value
 
 
 def check_threshold(value, name: str = "threshold") -> float:
@@ -215,6 +241,9 @@ def check_for_image(config: "DiffEditConfig", width: int, height: int, scale_fac
 # each field's option: (flag, argparse keywords); the booleans are switched off by their flag
 _D = DiffEditConfig()
 CONFIG_OPTIONS = {
+    "normalise": ("--normalise", dict(choices=NORMALISATIONS, help=f"how the map is scaled to [0, 1] (default {_D.normalise})")),
+    "clamp_ratio": ("--clamp-ratio", dict(type=float, help=f"for --normalise clamp: the multiple of the map's mean that maps "
+                                                           f"to 1, in (0, {MAX_CLAMP_RATIO:g}] (default {_D.clamp_ratio})")),
     "threshold": ("--threshold", dict(type=float, help=f"mask threshold in [0, 1] (default {_D.threshold})")),
     "blur": ("--blur", dict(type=int, help=f"odd Gaussian blur kernel in pixels, 0 = off (default {_D.blur})")),
     "fill_holes": ("--no-fill-holes", dict(action="store_false", help="keep holes enclosed by the mask")),

@@ -33,9 +33,9 @@ from PIL import Image
 from .config import DiffEditConfig, DiffEditWarning, check_for_image, with_diffusers_names
 from .images import fit_size, to_rgb
 from .latents import decode_to_images, encode_image
-from .mask import blur_mask, check_finite, latent_mask, make_mask, mask_maps, user_mask
+from .mask import blur_mask, check_finite, latent_mask, make_mask, mask_maps, raw_difference, user_mask
 from .models import as_model
-from .noising import add_noise, alpha_bar, draw_noise, guided_noise, make_scheduler, to_epsilon
+from .noising import add_noise, alpha_bar, draw_noise, generator_streams, guided_noise, make_scheduler, to_epsilon
 from .preflight import check_model, warn_before_editing
 from .text import check_prompt, encode_prompts, indistinct
 
@@ -260,9 +260,10 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
         fit="resize" with `max_side` also shrinks a larger picture until its longer side is at
         most that many pixels.
     source_prompt: may be empty (""): the map is then taken against the unconditional prediction.
-    generator: a torch.Generator for the noise; the same seed gives the same result. In a
-        batch, every image starts from the generator's state, so it gets the result it
-        would get alone.
+    generator: a torch.Generator for the noise; the same seed gives the same result. It seeds two
+        independent streams (`noising.generator_streams`), one for the mask's noise draws and one
+        for the edit's, so n_noise or mask_strength never change the edit's noise. In a batch,
+        every image starts from the generator's state, so it gets the result it would get alone.
     callback(step, timestep, latents): called after every denoising step (previews).
     on_stage(stage, event): called with event "start" and "end" around each of STAGES.
     mask: the caller's own mask instead of step 1: a bool array (H, W) at the image's size
@@ -374,13 +375,29 @@ def difference_map(model, image, source_prompt, target_prompt, config: DiffEditC
                    generator: torch.Generator | None = None, fit: str = "error", on_stage=None,
                    max_side: int | None = None) -> np.ndarray:
     """Step 1 alone: the (H, W) float32 map in [0, 1] that `diffedit` thresholds into its mask
-    (with the same generator state, the same map). Checks its inputs as `diffedit` does."""
+    (with the same generator state, the same map: both draw from its mask stream). Checks its
+    inputs as `diffedit` does."""
     model = as_model(model)
     image, config = prepare_inputs(model, image, source_prompt, target_prompt, config, fit, max_side)
     check_generator(generator)
+    mask_generator, _ = generator_streams(generator)
     x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt, on_stage)
     with stage("mask", on_stage):
-        return mask_maps(model, image, x0, src, tgt, make_scheduler(model, config.steps), config, generator)[1]
+        return mask_maps(model, image, x0, src, tgt, make_scheduler(model, config.steps), config, mask_generator)[1]
+
+
+@torch.no_grad()
+def latent_difference(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
+                      generator: torch.Generator | None = None, fit: str = "error", max_side: int | None = None) -> torch.Tensor:
+    """Step 1 on the latent grid, before any scaling: the (h, w) float32 mean |eps_target - eps_source|
+    from the same mask stream as `diffedit` and `difference_map`. Scale it with `mask.scale_map`
+    (min-max or the clamp), bring it to the image with `upsample_map`. Checks its inputs as `diffedit` does."""
+    model = as_model(model)
+    image, config = prepare_inputs(model, image, source_prompt, target_prompt, config, fit, max_side)
+    check_generator(generator)
+    mask_generator, _ = generator_streams(generator)
+    x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt)
+    return raw_difference(model, x0, src, tgt, make_scheduler(model, config.steps), config, mask_generator)
 
 
 @torch.no_grad()
@@ -415,10 +432,11 @@ def _diffedit_one(model, image, source_prompt, target_prompt, config, generator,
     # 1. image -> latents (1, C, h, w); prompts -> embeddings (1, L, D) each: source, target, unconditional
     x0, src, tgt, unc = encode_inputs(model, image, source_prompt, target_prompt, on_stage, negative_prompt)
     scheduler = make_scheduler(model, config.steps)
+    mask_generator, edit_generator = generator_streams(generator)  # the mask's draws never move the edit's
     # 2. the mask: averaged noise-prediction differences, normalised, at image resolution; or the caller's
     with stage("mask", on_stage):
         if given_mask is None:
-            raw_map, diff_map = mask_maps(model, image, x0, src, tgt, scheduler, config, generator)
+            raw_map, diff_map = mask_maps(model, image, x0, src, tgt, scheduler, config, mask_generator)
             mask = make_mask(diff_map, config.threshold, config.blur, config.fill_holes)
         else:  # no model work: the map is the caller's mask itself, 0 or 1
             raw_map, diff_map, mask = None, given_mask.astype(np.float32), given_mask
@@ -435,7 +453,7 @@ def _diffedit_one(model, image, source_prompt, target_prompt, config, generator,
         if config.encoding == "inversion":
             backgrounds = ddim_invert(model, x0, src, scheduler, k0, progress=progress)
         else:
-            noise = draw_noise(x0.shape, generator, x0.device, x0.dtype)
+            noise = draw_noise(x0.shape, edit_generator, x0.device, x0.dtype)
             backgrounds = noised_backgrounds(scheduler, x0, noise, k0)
     # 4. masked denoising towards the target prompt
     with stage("denoising", on_stage):

@@ -4,13 +4,16 @@ Noise the image latents n times (independent draws) to the mask strength, ask th
 its noise prediction under the source prompt and under the target prompt, and average
 |eps_target - eps_source| over the draws and the latent channels (`noise_difference`). Where
 the prompts agree (the background) the predictions match; where the image must change they
-differ. The map is normalised to [0, 1] (`normalise_map`), upsampled to the image
+differ. The map is scaled to [0, 1] (`scale_map`: min-max, `normalise_map`, or diffusers' clamp at a
+multiple of its mean, `clamp_map`), upsampled to the image
 (`upsample_map`), optionally refined onto the image's edges (`refine_map`), then blurred,
 thresholded and its holes filled (`make_mask`); `mask_maps` runs the whole chain from encoded
 inputs, `user_mask` checks a mask the caller brings instead (no model work), and `latent_mask` carries the
 mask back to the latent grid for steps 2 and 3 (`edit`).
 `post_recipe_mask` is the other common recipe, for comparison: threshold the raw map, then blur
-the binary mask and keep everything above the threshold again, which grows it.
+the binary mask and keep everything above the threshold again, which grows it; `post_recipe_latent_mask`
+runs it where it was first applied, on the latent grid (its blur in latent cells), then brings the mask
+up to the image.
 Taught in notebooks 04_noise_to_mask and 05_threshold_and_blur; `ratio_mask`, diffusers' rule in place of
 min-max, and `refine_for` on an attention map in 09_successors.
 
@@ -66,6 +69,32 @@ def normalise_map(raw: torch.Tensor) -> torch.Tensor:
         scale = torch.maximum(hi.abs(), lo.abs())
         raw, lo, hi = raw / scale, lo / scale, hi / scale
     return ((raw - lo) / (hi - lo)).clamp(0, 1)
+
+
+def clamp_map(raw: torch.Tensor, ratio: float = 3.0) -> torch.Tensor:
+    """diffusers' StableDiffusionDiffEditPipeline rule: raw / (ratio x mean(raw)), clipped to [0, 1].
+    Every value at or above ratio times the mean becomes 1, so a few extreme cells cannot squash the
+    rest of the map towards 0 as they do under min-max. raw: (h, w) >= 0; an all-zero map stays zero."""
+    from .config import check_clamp_ratio
+
+    check_clamp_ratio(ratio)
+    raw = torch.nan_to_num(raw.float(), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
+    top = raw.mean() * ratio
+    if not top > 0:
+        return torch.zeros_like(raw)
+    if not torch.isfinite(top):  # past float32's range: divide first so it stays finite
+        raw = raw / raw.max()
+        top = raw.mean() * ratio
+    return (raw / top).clamp(0, 1)
+
+
+def scale_map(raw: torch.Tensor, normalise: str = "minmax", ratio: float = 3.0) -> torch.Tensor:
+    "The raw map (h, w) scaled to [0, 1] by `normalise`: \"minmax\" (`normalise_map`) or \"clamp\" (`clamp_map`)."
+    if normalise == "minmax":
+        return normalise_map(raw)
+    if normalise == "clamp":
+        return clamp_map(raw, ratio)
+    raise ValueError(f"normalise must be 'minmax' or 'clamp', got {normalise!r}")
 
 
 def upsample_map(diff_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -231,17 +260,26 @@ def post_recipe_mask(raw_map: np.ndarray, threshold: float = 0.1, blur: int = 7)
 
 
 def ratio_mask(raw: torch.Tensor | np.ndarray, ratio: float = 3.0) -> np.ndarray:
-    """diffusers' DiffEdit rule (its `mask_thresholding_ratio`) instead of min-max: clamp the raw map
-    at `ratio` x its mean, divide by that, keep what is above 0.5, i.e. the cells above ratio / 2 x
-    the mean. The scale is the map's mean, not its range, so one extreme cell cannot move it.
-    raw: (h, w), not normalised. Returns (h, w) float32 in {0, 1}."""
+    """diffusers' DiffEdit rule (its `mask_thresholding_ratio`) as a mask: `clamp_map`, then keep
+    what is above 0.5, i.e. the cells above ratio / 2 x the mean. raw: (h, w), not normalised.
+    Returns (h, w) float32 in {0, 1}."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < float("inf"):
         raise ValueError(f"ratio must be a number > 0 (diffusers' default is 3.0), got {ratio!r}")
     m = torch.as_tensor(np.asarray(raw, dtype=np.float32))
-    clamp = m.mean() * ratio
-    if not clamp > 0:  # an all-zero map (identical prompts): nothing differs, nothing is kept
-        return np.zeros(m.shape, np.float32)
-    return (m.clamp(0, clamp) / clamp > 0.5).numpy().astype(np.float32)
+    return (clamp_map(m, ratio) > 0.5).numpy().astype(np.float32)
+
+
+def post_recipe_latent_mask(latent_map, size: tuple[int, int], threshold: float = 0.1, blur: int = 7) -> np.ndarray:
+    """The threshold-then-blur recipe on the latent grid, where its kernel was chosen: `blur` is in
+    latent cells (7 cells are 28 px on the bundled model, 56 px on Stable Diffusion). latent_map:
+    (h, w) in [0, 1], a tensor or array; the (h, w) mask is brought up to `size` = (H, W) pixels
+    by nearest neighbour, each cell a block of pixels. Returns (H, W) bool."""
+    small = np.asarray(latent_map.cpu() if isinstance(latent_map, torch.Tensor) else latent_map, dtype=np.float32)
+    if small.ndim != 2:
+        raise ValueError(f"latent_map must be (h, w), got shape {small.shape}")
+    mask = post_recipe_mask(small, threshold, blur)  # (h, w) bool
+    up = F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=tuple(size), mode="nearest")[0, 0]
+    return up.numpy() > 0.5
 
 
 def latent_mask(mask: np.ndarray, latent_size: tuple[int, int], device=None, dtype=torch.float32) -> torch.Tensor:
@@ -252,20 +290,28 @@ def latent_mask(mask: np.ndarray, latent_size: tuple[int, int], device=None, dty
 
 
 @torch.no_grad()
-def mask_maps(model, image, x0, source_emb, target_emb, scheduler, config, generator=None) -> tuple[np.ndarray, np.ndarray]:
-    """Step 1 of DiffEdit from encoded inputs: (raw_map, map), each (H, W) float32 in [0, 1].
-
-    raw_map is the normalised noise-prediction difference upsampled to the image; map is the
-    same refined with the image's edges when config.refine (else raw_map itself). The mask
-    is `make_mask(map, config.threshold, config.blur, config.fill_holes)`.
-    """
+def raw_difference(model, x0, source_emb, target_emb, scheduler, config, generator=None) -> torch.Tensor:
+    """`noise_difference` with config's n_noise, mask_strength and batch size: the (h, w) float32 map on
+    the latent grid, before any scaling; zeros for prompts the text model cannot tell apart. Refuses NaN/inf."""
     if torch.equal(source_emb, target_emb):  # prompts the text model cannot tell apart: no difference, by definition
         raw = torch.zeros(x0.shape[-2:], device=x0.device)
     else:
         raw = noise_difference(model, x0, source_emb, target_emb, scheduler, config.n_noise, config.mask_strength,
                                generator, config.mask_batch_size)
     check_finite(raw, "the difference map", model)
-    raw_map = upsample_map(normalise_map(raw), (image.height, image.width)).astype(np.float32)
+    return raw
+
+
+@torch.no_grad()
+def mask_maps(model, image, x0, source_emb, target_emb, scheduler, config, generator=None) -> tuple[np.ndarray, np.ndarray]:
+    """Step 1 of DiffEdit from encoded inputs: (raw_map, map), each (H, W) float32 in [0, 1].
+
+    raw_map is the noise-prediction difference scaled to [0, 1] by config.normalise and upsampled to the image; map is the
+    same refined with the image's edges when config.refine (else raw_map itself). The mask
+    is `make_mask(map, config.threshold, config.blur, config.fill_holes)`.
+    """
+    raw = raw_difference(model, x0, source_emb, target_emb, scheduler, config, generator)  # (h, w)
+    raw_map = upsample_map(scale_map(raw, config.normalise, config.clamp_ratio), (image.height, image.width)).astype(np.float32)
     if not config.refine or not raw_map.any():
         return raw_map, raw_map
     return raw_map, refine_for(model, raw_map, image, config)

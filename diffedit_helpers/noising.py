@@ -83,6 +83,22 @@ def draw_noise(shape, generator, device, dtype) -> torch.Tensor:
     return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device=device, dtype=dtype)
 
 
+STREAMS = ("mask", "edit")  # the two independent noise streams of one edit, in the order their seeds are drawn
+
+
+def generator_streams(generator) -> tuple:
+    """One generator -> (mask_generator, edit_generator), two independent streams on its device.
+
+    Two seeds are drawn from `generator` and each seeds a fresh generator: the mask's noise draws
+    come from the first, the edit's starting noise from the second. How much the mask draws
+    (n_noise) then leaves the edit's noise as it was, so a sweep of one knob moves only that knob.
+    The same generator state gives the same pair. None gives (None, None): both from torch's global RNG."""
+    if generator is None:
+        return None, None
+    seeds = torch.randint(0, 2**62, (len(STREAMS),), generator=generator, device=generator.device).tolist()
+    return tuple(torch.Generator(generator.device).manual_seed(int(s)) for s in seeds)
+
+
 def to_epsilon(output, latents, abar, prediction_type: str = "epsilon") -> torch.Tensor:
     """The model output as a noise prediction, whatever the prediction type.
     v-prediction: eps = sqrt(abar) v + sqrt(1 - abar) x_t."""

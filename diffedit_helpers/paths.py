@@ -18,6 +18,9 @@ EXAMPLES = {
     "bundled": ("horse_on_grass.png", "a brown horse on grass", "a zebra on grass"),
     "photo": ("coffee.jpg", "a cup of coffee on a saucer", "a cup of green tea on a saucer"),
 }
+# the prompts of the example Stable Diffusion makes for itself (`generate.example_picture`): the blog
+# post's horse, generated from the source prompt with a fixed seed, then edited into a zebra
+EXAMPLES["generated"] = ("a photo of a brown horse on grass", "a photo of a zebra on grass")
 
 
 def is_repo(folder: Path) -> bool:

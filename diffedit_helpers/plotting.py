@@ -61,14 +61,15 @@ def mask_edge(mask: np.ndarray) -> np.ndarray:
 
 def outline(image, mask, colour=None, dim: float = 0.5) -> Image.Image:
     """The image with the outside of the mask darkened by `dim` and the mask's edge drawn in `colour`
-    (None: of OUTLINE_COLOURS, the one furthest from the pixels under the edge), so the mask shows
-    on any background. image: anything `to_array` takes, (H, W); mask: (H, W) bool."""
+    (None: of OUTLINE_COLOURS, the one furthest from the image's pixels, so the mask shows on any
+    picture and every mask on the same picture gets the same colour). image: anything `to_array`
+    takes, (H, W); mask: (H, W) bool."""
     img = to_array(image).astype(np.float32)
     m = np.asarray(mask, dtype=bool)
     edge = mask_edge(m)
     if colour is None:
-        under = img[edge] if edge.any() else img.reshape(-1, 3)
-        dist = [np.linalg.norm(under - np.array(c, np.float32), axis=-1).mean() for c in OUTLINE_COLOURS]
+        pixels = img.reshape(-1, 3)
+        dist = [np.linalg.norm(pixels - np.array(c, np.float32), axis=-1).mean() for c in OUTLINE_COLOURS]
         colour = OUTLINE_COLOURS[int(np.argmax(dist))]
     out = np.where(m[..., None], img, img * (1 - dim))
     out[edge] = colour

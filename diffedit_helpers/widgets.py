@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import io
 import numbers
 import time
 
@@ -475,3 +476,39 @@ def edit_explorer(model, image, source_prompt: str, target_prompt: str, config: 
     diff_map = difference_map(model, rgb, source_prompt, target_prompt, config, torch.Generator().manual_seed(int(seed)))
     return EditExplorer(model, rgb, source_prompt, target_prompt, config, diff_map, int(seed), scale)
 
+
+
+# ----------------------------------------------------------------------------- still pictures
+def still_picture(explorer, scale: int = 3):
+    """What an explorer shows now, as one PIL image (RGB): a line with its controls' values above its
+    current picture(s), each pixel drawn `scale` x `scale`. For readers whose viewer cannot run
+    widgets (GitHub renders a widget as a line of text): a notebook embeds it in a markdown cell."""
+    from PIL import Image, ImageDraw
+
+    if not isinstance(explorer, (MaskExplorer, EditExplorer)):
+        raise TypeError(f"explorer must be a mask or edit explorer, got {type(explorer).__name__}")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or not 1 <= scale <= 16:
+        raise ValueError(f"scale must be an integer in [1, 16], got {scale!r}")
+    masks = explorer.masks if isinstance(explorer, EditExplorer) else explorer
+    rows = [(f"mask threshold {masks.threshold.value:.2f} | blur {masks.blur.value} px | fill holes "
+             f"{'on' if masks.holes.value else 'off'}   (input | mask over input | mask)", masks.view.value)]
+    if isinstance(explorer, EditExplorer):
+        done = explorer.result is not None
+        rows.append((f"seed {explorer.seed.value} | guidance {explorer.guidance.value:g} | edit start "
+                     f"{explorer.edit_start.value:g}   " + ("(before | mask over before | after)" if done else "(not run)"),
+                     explorer.after.value if done else None))
+    pictures = []
+    for text, png in rows:
+        panel = Image.open(io.BytesIO(png)).convert("RGB") if png else None
+        if panel is not None:
+            panel = panel.resize((panel.width * scale, panel.height * scale), Image.NEAREST)
+        width = max(panel.width if panel else 0, 8 * len(text))
+        line = Image.new("RGB", (width, 16), "white")
+        ImageDraw.Draw(line).text((2, 2), text, fill="black")
+        pictures += [line] + ([panel] if panel else [])
+    out = Image.new("RGB", (max(p.width for p in pictures), sum(p.height for p in pictures)), "white")
+    y = 0
+    for p in pictures:
+        out.paste(p, (0, y))
+        y += p.height
+    return out

@@ -270,3 +270,20 @@ def test_result_mask_is_made_from_the_returned_map(tiny_model, scene_image, gen)
         assert np.array_equal(r.mask, make_mask(r.difference_map, cfg.threshold, cfg.blur, cfg.fill_holes))
         assert r.raw_map.shape == r.difference_map.shape
         assert np.array_equal(r.raw_map, r.difference_map) != refine
+
+
+def test_n_noise_moves_only_the_mask_the_edit_noise_has_its_own_stream(tiny_model, scene_image):
+    "With a mask that covers everything whatever the map, the edit depends only on its own noise stream."
+    from diffedit_helpers.noising import generator_streams
+
+    whole = FAST.replace(threshold=0.0, blur=63, fill_holes=True, composite=False)  # every pixel ends above 0
+    edits = [diffedit(tiny_model, scene_image, "a brown horse on grass", "a zebra on grass", whole.replace(n_noise=n),
+                      generator=torch.Generator().manual_seed(5), progress=False) for n in (1, 4)]
+    assert all(e.mask.all() for e in edits)
+    assert not np.array_equal(edits[0].raw_map, edits[1].raw_map)  # the knob moved the map
+    assert np.array_equal(np.asarray(edits[0].image), np.asarray(edits[1].image))  # and not the edit's noise
+    # the streams are a pure function of the generator's state, and differ from each other
+    a, b = generator_streams(torch.Generator().manual_seed(5)), generator_streams(torch.Generator().manual_seed(5))
+    assert torch.equal(torch.randn(3, generator=a[1]), torch.randn(3, generator=b[1]))
+    assert not torch.equal(torch.randn(3, generator=a[0]), torch.randn(3, generator=a[1]))
+    assert generator_streams(None) == (None, None)

@@ -261,3 +261,93 @@ def test_the_notebooks_edit_a_scene_on_the_bundled_model_and_a_photo_on_stable_d
     scene, photo = example_edit(bundled), example_edit(load_model(sd_folders["sd15"]))
     assert to_rgb(scene[0]).size == (64, 64) and scene[2] == "a zebra on grass"
     assert to_rgb(photo[0]).size == (512, 512) and photo[0].suffix == ".jpg" and photo[1] != photo[2]
+
+
+# ----------------------------------------------------------------------------- the SD default mask rule
+def _diffusers_rule(raw, ratio=3.0, threshold=0.5):
+    "diffusers' StableDiffusionDiffEditPipeline.generate_mask, written out: clamp at ratio x mean, divide, > 0.5."
+    top = raw.mean() * ratio
+    return (raw.clamp(0, top) / top) > threshold
+
+
+def test_the_stable_diffusion_default_is_diffusers_clamp_rule_as_published_and_its_clamp_shows(sd_folders):
+    from diffedit_helpers import make_mask, scale_map, upsample_map
+    from diffedit_helpers.edit import encode_inputs
+    from diffedit_helpers.mask import noise_difference
+    from diffedit_helpers.noising import generator_streams, make_scheduler
+
+    sd = load_model(sd_folders["sd15"])
+    config = DiffEditConfig.for_model(sd)
+    # one published rule, nothing added: no blur, no hole filling, no refinement
+    assert (config.normalise, config.clamp_ratio, config.threshold) == ("clamp", 3.0, 0.5)
+    assert config.blur == 0 and not config.fill_holes and not config.refine
+    # the library's map is that rule's map: the raw map from the same mask stream, clamped and divided
+    photo, cfg = _photo(), config.replace(steps=4, n_noise=2)
+    r = diffedit(sd, photo, SRC, TGT, cfg, generator=torch.Generator().manual_seed(0), progress=False)
+    x0, src, tgt, _ = encode_inputs(sd, photo, SRC, TGT)
+    mask_gen, _ = generator_streams(torch.Generator().manual_seed(0))
+    raw = noise_difference(sd, x0, src, tgt, make_scheduler(sd, 4), 2, cfg.mask_strength, mask_gen)  # (h, w)
+    top = raw.mean() * 3.0
+    expected = upsample_map(raw.clamp(0, top) / top, (128, 128))
+    np.testing.assert_allclose(r.raw_map, expected, atol=1e-6)
+    assert np.array_equal(r.mask, expected > 0.5)
+    # the clamp, visible: one extreme cell (10 x the map's peak) squashes the min-max map, so min-max at
+    # 0.5 keeps that cell alone, while the clamped rule keeps every cell above half of 3 x the mean
+    spiked = raw.clone()
+    spiked[0, 0] = raw.max() * 10
+    clamped = make_mask(scale_map(spiked, config.normalise, config.clamp_ratio).numpy(), config.threshold)
+    minmax = make_mask(scale_map(spiked, "minmax").numpy(), config.threshold)
+    assert minmax.sum() == 1 and minmax[0, 0]
+    assert np.array_equal(clamped, _diffusers_rule(spiked).numpy()) and clamped.sum() > 1
+    assert not np.array_equal(clamped, minmax)
+
+
+def test_clamp_ratio_and_normalise_are_checked_before_model_work(sd_folders):
+    from diffedit_helpers import ConfigError, clamp_map
+
+    sd = load_model(sd_folders["sd15"])
+    for field, value, words in [("clamp_ratio", 0, "clamp_ratio must be > 0"), ("clamp_ratio", float("nan"), "finite"),
+                                ("normalise", "zscore", "normalise must be one of")]:
+        with pytest.raises(ConfigError, match=words) as e:
+            diffedit(sd, _photo(), SRC, TGT, FAST.replace(**{field: value}), progress=False)
+        assert e.value.field == field
+    with pytest.raises(ConfigError, match="clamp_ratio"):
+        clamp_map(torch.ones(4, 4), -1.0)
+    assert torch.equal(clamp_map(torch.zeros(4, 4)), torch.zeros(4, 4))  # nothing differs: an empty map, never NaN
+
+
+# ----------------------------------------------------------------------------- the generated horse
+def test_generate_image_is_seeded_sized_and_checked(sd_folders):
+    from diffedit_helpers import ConfigError
+    from diffedit_helpers.generate import generate_image
+
+    sd = load_model(sd_folders["sd15"])
+    a = generate_image(sd, "a photo of a brown horse on grass", torch.Generator().manual_seed(3), steps=3, size=(64, 96))
+    b = generate_image(sd, "a photo of a brown horse on grass", torch.Generator().manual_seed(3), steps=3, size=(64, 96))
+    c = generate_image(sd, "a photo of a brown horse on grass", torch.Generator().manual_seed(4), steps=3, size=(64, 96))
+    assert a.size == (96, 64) and a.mode == "RGB"
+    assert np.array_equal(np.asarray(a), np.asarray(b)) and not np.array_equal(np.asarray(a), np.asarray(c))
+    for kwargs, field in [(dict(size=(60, 64)), "size"), (dict(steps=0), "steps"), (dict(guidance=-1), "guidance")]:
+        with pytest.raises(ConfigError, match=field) as e:
+            generate_image(sd, "a horse", **kwargs)
+        assert e.value.field == field
+    with pytest.raises(ValueError, match="prompt must be a non-empty string"):
+        generate_image(sd, "  ")
+
+
+def test_stable_diffusion_edits_the_horse_it_generated_and_keeps_the_coffee_as_second_example(sd_folders, monkeypatch):
+    from diffedit_helpers import generate
+    from diffedit_helpers.paths import EXAMPLES
+
+    sd = load_model(sd_folders["sd15"])
+    monkeypatch.setattr(generate, "_generated", {})
+    image, what, source, target = generate.example_picture(sd)
+    assert (source, target) == EXAMPLES["generated"] and "horse" in source and "zebra" in target
+    assert image.size == (512, 512) and "generated" in what
+    again = generate.generate_image(sd, source, torch.Generator().manual_seed(generate.HORSE_SEED),
+                                    DiffEditConfig.for_model(sd).steps, DiffEditConfig.for_model(sd).guidance)
+    assert np.array_equal(np.asarray(image), np.asarray(again))  # the fixed seed: the same horse every time
+    coffee, name, src, tgt = generate.example_picture(sd, "second")
+    assert name == "coffee.jpg" and "coffee" in src and coffee.size == (512, 512)
+    with pytest.raises(ValueError, match="which must be one of"):
+        generate.example_picture(sd, "third")

@@ -82,3 +82,30 @@ def test_maps_share_one_scale_and_have_a_colour_bar():
     assert len(fig.axes) == 3 and fig.axes[-1].get_ylabel() == "value"  # two panels and the bar
     fig2 = show([np.zeros((4, 4), np.float32), np.zeros((4, 4), bool)], cmap="magma")
     assert len(fig2.axes) == 3  # a bar for the map, none for the mask
+
+
+def test_the_posts_recipe_on_the_latent_grid_blurs_in_cells_and_brings_whole_cells_up():
+    from diffedit_helpers import post_recipe_latent_mask
+
+    small = np.zeros((16, 16), np.float32)
+    small[6:10, 6:10] = 1.0  # a 4 x 4-cell object
+    mask = post_recipe_latent_mask(torch.from_numpy(small), (64, 64), threshold=0.1, blur=7)
+    cells = post_recipe_mask(small, 0.1, 7)  # the same recipe, at latent resolution
+    assert mask.shape == (64, 64) and mask.dtype == bool
+    np.testing.assert_array_equal(mask, np.kron(cells, np.ones((4, 4), bool)))  # each cell a 4 x 4 block
+    assert cells.sum() > (small > 0.1).sum() + 4 * 4  # a 7-cell kernel grows the object by more than a cell's ring
+    # the same 7 read as image pixels (under two cells here) grows the upsampled object far less
+    pixels = post_recipe_mask(np.kron(small, np.ones((4, 4), np.float32)), 0.1, 7)
+    assert pixels.sum() < mask.sum()
+    with pytest.raises(ValueError, match=r"latent_map must be \(h, w\)"):
+        post_recipe_latent_mask(np.zeros((1, 16, 16)), (64, 64))
+
+
+def test_every_mask_on_one_picture_is_outlined_in_the_same_colour():
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[:, :8] = (255, 255, 0)  # half yellow: the edge colour depended on which half a mask's edge lay in
+    small, right = np.zeros((16, 16), bool), np.zeros((16, 16), bool)
+    small[2:6, 2:6] = True  # its edge on the yellow half
+    right[10:14, 10:14] = True  # its edge on the black half
+    a, b = np.asarray(outline(image, small)), np.asarray(outline(image, right))
+    assert tuple(a[2, 2]) == tuple(b[10, 10]) and tuple(a[2, 2]) in OUTLINE_COLOURS

@@ -441,3 +441,21 @@ def test_edit_explorer_on_a_stable_diffusion_shaped_model(tmp_path):
     changed = (np.asarray(r.image) != np.asarray(image)).any(-1)
     assert not (changed & ~r.mask).any()
     assert ex.progress.value == ex.progress.max == 4 - int(0.25 * 4)
+
+
+def test_a_still_picture_shows_the_current_mask_and_the_controls_values(image, diff_map):
+    from diffedit_helpers.widgets import still_picture
+
+    ex = mask_explorer(image, diff_map, threshold=0.5, blur=0)
+    h, w = np.asarray(image).shape[:2]
+    still = np.asarray(still_picture(ex, scale=2))
+    assert still.shape[0] == 16 + 2 * h and still.shape[1] >= 2 * (3 * w + 2 * PAD)
+    mask_panel = still[16:, 2 * 2 * (w + PAD):2 * (3 * w + 2 * PAD)][::2, ::2, 0]  # the mask, white on black
+    np.testing.assert_array_equal(mask_panel > 127, ex.mask)
+    ex.threshold.value = min(v for _, v in ex.threshold.options if v > 0.5)  # the still follows the controls
+    moved = np.asarray(still_picture(ex, scale=2))[16:, 2 * 2 * (w + PAD):2 * (3 * w + 2 * PAD)][::2, ::2, 0]
+    np.testing.assert_array_equal(moved > 127, ex.mask)
+    with pytest.raises(ValueError, match=r"scale must be an integer in \[1, 16\]"):
+        still_picture(ex, scale=0)
+    with pytest.raises(TypeError, match="explorer must be"):
+        still_picture(image)
