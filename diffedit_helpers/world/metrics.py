@@ -227,13 +227,19 @@ def pattern_of(image, thing: Thing, where: np.ndarray) -> str | None:
 
     def repeats(pattern):  # the pattern repeats across at its period: blurred noise does not
         period = pattern_period(replace(thing, pattern=pattern))
-        if pattern == "striped":  # stripes may be drawn a little wider or narrower, but must turn over half a period on
-            return any(lag_correlation(share, where, lag) >= REPEAT and lag_correlation(share, where, round(lag / 2)) <= -HALF_PERIOD
-                       for lag in range(max(2, int(PERIOD_RANGE[0] * period)), int(np.ceil(PERIOD_RANGE[1] * period)) + 1))
         return max(lag_correlation(share, where, lag) for lag in {int(period), int(np.ceil(period))}) >= REPEAT
 
-    if f["spread"] >= 0.2 and f["columns"] >= STRIPE_COLUMNS and within(f["mean"], PATTERN_SHARE["striped"]) and repeats("striped"):
-        return "striped"
+    def stripe_periods():  # lags in PERIOD_RANGE at which the share repeats and turns over half a lag on, over the world's period
+        period = pattern_period(replace(thing, pattern="striped"))
+        return [lag / period for lag in range(max(2, int(PERIOD_RANGE[0] * period)), int(np.ceil(PERIOD_RANGE[1] * period)) + 1)
+                if lag_correlation(share, where, lag) >= REPEAT and lag_correlation(share, where, round(lag / 2)) <= -HALF_PERIOD]
+
+    if f["spread"] >= 0.2 and f["columns"] >= 0.85 and within(f["mean"], PATTERN_SHARE["striped"]):
+        found = stripe_periods()
+        # at the world's period (within 15%) as before; further off, where blurred dots can repeat too, only
+        # stripes whose column means explain STRIPE_COLUMNS of the coat's variance
+        if any(abs(r - 1) <= 0.15 for r in found) or (found and f["columns"] >= STRIPE_COLUMNS):
+            return "striped"
     if (f["spread"] >= 0.15 and f["columns"] < 0.85 and f["rows"] < 0.85 and within(f["mean"], PATTERN_SHARE["dotted"])
             and repeats("dotted")):
         return "dotted"
@@ -298,7 +304,7 @@ SHAPE_IOU, SHAPE_MARGIN = 0.6, 0.05  # shape edits: IoU with the target shape, a
 PATTERN_SHARE = {"striped": (0.3, 0.7), "dotted": (0.12, 0.5)}  # the pattern colour's share of a coat of each pattern
 REPEAT = 0.3  # a pattern's correlation with itself one period across (and its anticorrelation half a period across)
 PERIOD_RANGE = (0.7, 1.45)  # stripe periods, as multiples of the world's, that still count as its stripes
-STRIPE_COLUMNS = 0.9  # stripes: the share of the coat's variance its column means explain (blurred dots reach 0.86)
+STRIPE_COLUMNS = 0.9  # stripes off the world's period: the share of the coat's variance its column means explain (blurred dots reach 0.86)
 HALF_PERIOD = 0.1  # stripes: their anticorrelation half a period across (blurred noise stays positive)
 SPILL = 0.1  # target-colour pixels elsewhere, as a share of the object's area
 BACKGROUND_ERROR = 30.0  # removal: RGB distance of the region's mean colour from the background's
