@@ -21,8 +21,8 @@ from .outputs import check_destinations, check_not_input, check_out_folder, clea
 OUTPUT_FILES = ("mask.png", "edited.png", "overview.png")
 MASK_ONLY_FILES = ("mask.png", "difference_map.png")  # --mask-only
 # the demo's settings, also those of the README picture (tools/make_readme_picture.py): guidance 12 and the
-# first seed whose zebra passes the success check (world.metrics.edit_success; seeds 0-12 fail it)
-DEMO_GUIDANCE, DEMO_SEED = 12.0, 68
+# first seed whose zebra passes the success check (world.metrics.edit_success; seeds 0-16 fail it)
+DEMO_GUIDANCE, DEMO_SEED = 12.0, 17
 SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes
 INTERRUPTED = 130  # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
 
