@@ -1,7 +1,7 @@
 # make demo   set up (first time) and edit a shapes-world horse into a zebra with the bundled model
 # make test   set up (first time) and run the tests and every notebook under nbval (also on an SD-shaped model)
 # make bench  regenerate the README's Results section (benchmarks/; about an hour on one thread)
-# make train  retrain the bundled model from scratch in the background (CPU, about 75 minutes; run again to resume)
+# make train  retrain the bundled model from scratch in the background (CPU, about an hour; run again to resume)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -54,4 +54,4 @@ train: setup
 	@if [ -d runs/bundled-retrained/unet ]; then echo "runs/bundled-retrained is finished; move it away to train again"; exit 1; fi
 	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 nohup $(PY) -m diffedit_helpers.world.train \
 		--out runs/bundled-retrained >> runs/bundled-retrained.log 2>&1 &
-	@echo "training in the background (about 75 minutes on two idle cores): tail -f runs/bundled-retrained.log"
+	@echo "training in the background (about an hour on two idle cores): tail -f runs/bundled-retrained.log"
