@@ -180,7 +180,8 @@ def main(args) -> int:
 
 
 def check_command(args) -> tuple[DiffEditConfig, Path, Path]:
-    "The options, the jobs file and the output folder, checked before any model work: (config, jobs file, out)."
+    """The options, the jobs file and the output folder, checked before any model work: (config, jobs file,
+    out). The config is the options over the shapes world's defaults; `_run` lays them over the model's."""
     config = config_from_args(args)
     if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
         raise ValueError(f"--seed must be an integer in [0, 2**64 - 1], got {args.seed}")
@@ -213,14 +214,14 @@ def lock_out_folder(out: Path, state) -> OutputLock | None:
 
 def _main(args) -> int:
     try:
-        config, jobs_path, out = check_command(args)
+        _, jobs_path, out = check_command(args)
         state = process_state(args.device)
         out.mkdir(parents=True, exist_ok=True)
         lock = lock_out_folder(out, state)
     except (ValueError, TypeError, OSError, RuntimeError) as err:
         return command_error(err)
     try:
-        return _run(args, config, jobs_path, out, state)
+        return _run(args, jobs_path, out, state)
     finally:
         if lock is not None:
             lock.release()
@@ -232,7 +233,7 @@ def command_error(err: Exception) -> int:
     return 2
 
 
-def _run(args, config: DiffEditConfig, jobs_path: Path, out: Path, state) -> int:
+def _run(args, jobs_path: Path, out: Path, state) -> int:
     "Load the model and run this process's jobs (the output folder is this run's); the exit status."
     from .models import load_model
 
@@ -252,6 +253,7 @@ def _run(args, config: DiffEditConfig, jobs_path: Path, out: Path, state) -> int
             print(f"[{state.process_index}/{state.num_processes}] {record['id']}: {record['seconds']:.2f} s, "
                   f"mask {100 * record['mask_coverage']:.1f} %", flush=True)
 
+    config = config_from_args(args, DiffEditConfig.for_model(model))  # the options over the model's own defaults
     run = run_jobs(model, iter_jobs(jobs_path), out, config, args.seed, jobs_path.parent, args.fit,
                    state.process_index, state.num_processes, args.retry_failed, report)
     total, failed = gather_outcome(run, state)  # every process's: the main one releases the lock only after all are done

@@ -15,7 +15,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import ConfigError, DiffEditWarning, add_config_arguments, check_for_image, config_from_args, with_option
+from .config import (ConfigError, DiffEditConfig, DiffEditWarning, add_config_arguments, check_for_image, config_from_args,
+                     with_option)
 from .outputs import check_destinations, check_not_input, check_out_folder, clean_stale, save_all, save_new
 
 OUTPUT_FILES = ("mask.png", "edited.png", "overview.png")
@@ -100,7 +101,7 @@ def run_edit(image, source, target, out, args) -> Path:
     from .models import load_model, resolve_device, resolve_dtype
     from .plotting import overview
 
-    config = config_from_args(args)
+    config = config_from_args(args)  # the options checked now; laid over the model's own defaults once it is loaded
     mask, mask_only = getattr(args, "mask", None), getattr(args, "mask_only", False)
     if mask is not None and mask_only:
         raise ValueError("--mask and --mask-only exclude each other: --mask skips the step --mask-only runs")
@@ -114,6 +115,8 @@ def run_edit(image, source, target, out, args) -> Path:
     inputs = [f for f in (image, mask) if f is not None]
     fit = "resize" if args.size is not None and args.fit == "error" else args.fit
     model = load_model(args.model, device=device, dtype=dtype)
+    config = config_from_args(args, DiffEditConfig.for_model(model))  # Stable Diffusion's mask rule on an SD model
+    check_for_image(config, *picture.size)
     gen = torch.Generator().manual_seed(args.seed)  # drawn on the CPU: the same noise on any device
     out = paths[0].parent
     if mask_only:  # step 1 alone: the map and the mask the edit would use
@@ -146,7 +149,7 @@ def run_demo(args) -> Path:
         except FileExistsError:
             raise FileExistsError(f"--out {str(out)!r} already holds an input.png that is not the demo scene; "
                                   f"choose another folder") from None
-    print(f"scene: {edit.source_prompt!r} -> {edit.target_prompt!r} (encoding {args.encoding}, guidance {args.guidance}, seed {args.seed})")
+    print(f"scene: {edit.source_prompt!r} -> {edit.target_prompt!r} (guidance {args.guidance:g}, seed {args.seed})")
     return run_edit(input_path, edit.source_prompt, edit.target_prompt, out, args)
 
 

@@ -1,8 +1,9 @@
 """`DiffEditConfig`: every knob of an edit in one dataclass, checked before any model work.
 
 A bad value raises `ConfigError` (a ValueError) whose `.field` names the setting. The command
-lines (`cli`, `world.evaluate`) share one set of options for the fields:
-`add_config_arguments(parser)`, then `config_from_args(args)`.
+lines (`cli`, `batch`, `world.evaluate`) share one set of options for the fields:
+`add_config_arguments(parser)`, then `config_from_args(args, DiffEditConfig.for_model(model))`: the
+options given, over the model's own defaults (Stable Diffusion's differ from the shapes world's).
 Taught in notebook 00_quickstart (the settings) and 05_threshold_and_blur (the mask's).
 """
 
@@ -238,41 +239,63 @@ def check_for_image(config: "DiffEditConfig", width: int, height: int, scale_fac
 
 
 # ----------------------------------------------------------------------------- command-line options
-# each field's option: (flag, argparse keywords); the booleans are switched off by their flag
+# each field's option: (flag, argparse keywords); the booleans also take --no-<flag>. An option not
+# given is None: it takes the model's default (`DiffEditConfig.for_model`), known once the model is loaded.
 _D = DiffEditConfig()
+
+
+def _default(name: str) -> str:
+    "The option's default as help text: the shapes world's, and Stable Diffusion's where it differs."
+    sd = STABLE_DIFFUSION.get(name, getattr(_D, name))
+    if sd == getattr(_D, name):
+        return f"default {getattr(_D, name)}"
+    return f"default {getattr(_D, name)}; {sd} on Stable Diffusion"
+
+
 CONFIG_OPTIONS = {
-    "normalise": ("--normalise", dict(choices=NORMALISATIONS, help=f"how the map is scaled to [0, 1] (default {_D.normalise})")),
+    "normalise": ("--normalise", dict(choices=NORMALISATIONS, help=f"how the map is scaled to [0, 1] ({_default('normalise')})")),
     "clamp_ratio": ("--clamp-ratio", dict(type=float, help=f"for --normalise clamp: the multiple of the map's mean that maps "
-                                                           f"to 1, in (0, {MAX_CLAMP_RATIO:g}] (default {_D.clamp_ratio})")),
-    "threshold": ("--threshold", dict(type=float, help=f"mask threshold in [0, 1] (default {_D.threshold})")),
-    "blur": ("--blur", dict(type=int, help=f"odd Gaussian blur kernel in pixels, 0 = off (default {_D.blur})")),
-    "fill_holes": ("--no-fill-holes", dict(action="store_false", help="keep holes enclosed by the mask")),
-    "refine": ("--no-refine", dict(action="store_false",
-                                   help="threshold the latent-resolution map as it is (no snapping to the image's edges)")),
-    "refine_radius": ("--refine-radius", dict(type=int, help=f"refinement window radius in latent cells, >= 1 (default {_D.refine_radius})")),
-    "n_noise": ("--n-noise", dict(type=int, help=f"noise draws for the mask, >= 1 (default {_D.n_noise})")),
-    "mask_strength": ("--mask-strength", dict(type=float, help=f"noise level for the mask in (0, 1] (default {_D.mask_strength})")),
-    "steps": ("--steps", dict(type=int, help=f"DDIM steps, >= 1 (default {_D.steps})")),
-    "edit_start": ("--start", dict(type=float, help=f"fraction of the steps skipped, in [0, 1) (default {_D.edit_start})")),
-    "guidance": ("--guidance", dict(type=float, help=f"classifier-free guidance, >= 0 (default {_D.guidance})")),
-    "encoding": ("--encoding", dict(choices=ENCODINGS, help=f"how the image is encoded (default {_D.encoding})")),
-    "composite": ("--no-composite", dict(action="store_false",
-                                         help="keep the decoded image outside the mask instead of the input pixels")),
-    "feather": ("--feather", dict(type=int, help=f"odd feather kernel of the composite in pixels, 0 = hard edge (default {_D.feather})")),
+                                                           f"to 1, in (0, {MAX_CLAMP_RATIO:g}] ({_default('clamp_ratio')})")),
+    "threshold": ("--threshold", dict(type=float, help=f"mask threshold in [0, 1] ({_default('threshold')})")),
+    "blur": ("--blur", dict(type=int, help=f"odd Gaussian blur kernel in pixels, 0 = off ({_default('blur')})")),
+    "fill_holes": ("--fill-holes", dict(action=argparse.BooleanOptionalAction,
+                                        help="fill the regions the mask encloses (default on; off on Stable Diffusion)")),
+    "refine": ("--refine", dict(action=argparse.BooleanOptionalAction,
+                                help="snap the latent-resolution map to the image's edges before the threshold "
+                                     "(default on; off on Stable Diffusion)")),
+    "refine_radius": ("--refine-radius", dict(type=int, help=f"refinement window radius in latent cells, >= 1 ({_default('refine_radius')})")),
+    "n_noise": ("--n-noise", dict(type=int, help=f"noise draws for the mask, >= 1 ({_default('n_noise')})")),
+    "mask_strength": ("--mask-strength", dict(type=float, help=f"noise level for the mask in (0, 1] ({_default('mask_strength')})")),
+    "steps": ("--steps", dict(type=int, help=f"DDIM steps, >= 1 ({_default('steps')})")),
+    "edit_start": ("--start", dict(type=float, help=f"fraction of the steps skipped, in [0, 1) ({_default('edit_start')})")),
+    "guidance": ("--guidance", dict(type=float, help=f"classifier-free guidance, >= 0 ({_default('guidance')})")),
+    "encoding": ("--encoding", dict(choices=ENCODINGS, help=f"how the image is encoded ({_default('encoding')})")),
+    "composite": ("--composite", dict(action=argparse.BooleanOptionalAction,
+                                      help="paste the edit into the input pixels, so that outside the mask they stay "
+                                           "the input's; --no-composite keeps the decoded image there (default on)")),
+    "feather": ("--feather", dict(type=int, help=f"odd feather kernel of the composite in pixels, 0 = hard edge ({_default('feather')})")),
 }
 
 
 def add_config_arguments(parser: argparse.ArgumentParser):
-    "Add one option per DiffEditConfig field in CONFIG_OPTIONS (dest: the field's name, default: its default)."
+    """Add one option per DiffEditConfig field in CONFIG_OPTIONS (dest: the field's name). Each
+    defaults to None, "not given": `config_from_args` lays the given ones over the model's defaults."""
     for name, (flag, kwargs) in CONFIG_OPTIONS.items():
-        parser.add_argument(flag, dest=name, default=getattr(_D, name), **kwargs)
+        parser.add_argument(flag, dest=name, default=None, **kwargs)
 
 
-def config_from_args(args: argparse.Namespace) -> DiffEditConfig:
-    "The validated config the options ask for; a bad value raises ConfigError with the option's flag first."
-    values = {f.name: getattr(args, f.name) for f in fields(DiffEditConfig) if f.name in CONFIG_OPTIONS}
+def given_settings(args: argparse.Namespace) -> dict:
+    "The settings the options gave, {field: value}; the ones left out are not in it."
+    return {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name, None) is not None}
+
+
+def config_from_args(args: argparse.Namespace, base: DiffEditConfig | None = None) -> DiffEditConfig:
+    """The validated config the options ask for: `base`'s settings with the given options over
+    them. `base` is the model's defaults (`DiffEditConfig.for_model(model)`); None takes the
+    shapes world's, `DiffEditConfig()`, which also checks the options before a model is loaded.
+    A bad value raises ConfigError with the option's flag first."""
     try:
-        return DiffEditConfig(**values).validate()
+        return (base or DiffEditConfig()).replace(**given_settings(args)).validate()
     except ConfigError as e:
         raise with_option(e) from None
 

@@ -252,6 +252,36 @@ def test_stable_diffusion_gets_the_papers_mask_rule_and_the_bundled_model_its_me
     assert r.config == DiffEditConfig(**STABLE_DIFFUSION)  # config=None: the model's defaults
 
 
+def test_the_command_line_gives_stable_diffusion_its_defaults_with_the_options_given_over_them(sd_folders, tmp_path):
+    from diffedit_helpers.cli import main
+    from diffedit_helpers.edit import difference_map
+    from diffedit_helpers.manifest import read_manifest
+    from diffedit_helpers.mask import make_mask
+
+    sd, folder = load_model(sd_folders["sd15"]), str(sd_folders["sd15"])
+    photo = tmp_path / "photo.png"
+    _photo().save(photo)
+
+    def mask_for(config):  # step 1 through the library, seed 0
+        diff_map = difference_map(sd, _photo(), SRC, TGT, config, generator=torch.Generator().manual_seed(0))
+        return make_mask(diff_map, config.threshold, config.blur, config.fill_holes)
+
+    # edit: no mask option given, so the mask is Stable Diffusion's rule, not the shapes world's
+    assert main(["edit", str(photo), "--source", SRC, "--target", TGT, "--out", str(tmp_path / "edit"), "--model", folder,
+                 "--steps", "4", "--n-noise", "2", "--mask-only", "--quiet"]) == 0
+    written = np.asarray(Image.open(tmp_path / "edit" / "mask.png")) > 127
+    assert np.array_equal(written, mask_for(DiffEditConfig.for_model(sd).replace(steps=4, n_noise=2)))
+    assert not np.array_equal(written, mask_for(DiffEditConfig(steps=4, n_noise=2)))  # the two rules differ here
+    # batch: the manifest records the settings a job ran with, the model's defaults under the options given
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"image": "photo.png", "source": SRC, "target": TGT}) + "\n")
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "batch"), "--model", folder, "--steps", "2", "--n-noise", "1",
+                 "--threshold", "0.6", "--fill-holes", "--quiet"]) == 0
+    (record,) = read_manifest(tmp_path / "batch").values()
+    expected = DiffEditConfig.for_model(sd).replace(steps=2, n_noise=1, threshold=0.6, fill_holes=True)
+    assert record["settings"] == expected.to_dict() and record["settings"]["normalise"] == "clamp"
+
+
 def test_the_notebooks_edit_a_scene_on_the_bundled_model_and_a_photo_on_stable_diffusion(sd_folders, tiny_model):
     from diffedit_helpers.images import to_rgb
     from diffedit_helpers.paths import example_edit
