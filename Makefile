@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # one thread: torch with two threads on a busy two-core machine can be 50x slower
 RUN := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY)
 
-.PHONY: setup demo test test-compat test-fast bench train
+.PHONY: setup demo test test-compat test-colab-browser test-fast bench train
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,17 @@ test-compat: setup
 		tokenizers==0.22.1
 	DIFFEDIT_TRANSFORMERS_FLOOR=.compat/transformers-floor DIFFEDIT_CHECK_INSTALL=1 $(RUN) -m pytest -q -p no:cacheprovider \
 		tests/test_install.py
+
+# the explorers in a browser as on Colab: JupyterLab 3 with jupyterlab_widgets 1.1 (the front end nearest to Colab's
+# that runs here) in front of a kernel with Colab's ipywidgets 7.7.1 and ipykernel 6.17.1 (tests/lab_browser.py)
+test-colab-browser: setup
+	rm -rf .compat/lab3 .compat/colab-kernel
+	$(PYTHON) -m venv .compat/lab3
+	.compat/lab3/bin/python -m pip install -q jupyterlab==3.6.8 jupyterlab_widgets==1.1.11 jupyterlab_pygments==0.2.2
+	$(PY) -m pip install -q --target .compat/colab-kernel --no-deps ipywidgets==7.7.1 widgetsnbextension==3.6.10 \
+		jupyterlab_widgets==1.1.11 ipython_genutils==0.2.0 ipykernel==6.17.1
+	DIFFEDIT_LAB_PYTHON=$(abspath .compat/lab3/bin/python) PYTHONPATH=.compat/colab-kernel PYDEVD_DISABLE_FILE_VALIDATION=1 \
+		$(RUN) -m pytest -q -s -p no:cacheprovider -W ignore::DeprecationWarning tests/test_widget_browser.py
 
 test-fast: setup
 	$(RUN) -m pytest -q -p no:cacheprovider tests -m "not slow"

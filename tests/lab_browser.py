@@ -11,6 +11,11 @@ the frame that paints the new picture, and where it went (`LATENCY_JS` timestamp
 (or a mouse press), the WebSocket send, the last message received before the picture changed, the
 new picture in the page, its load event and the next painted frame).
 
+The kernel is always this Python (`sys.executable`, with the repository and PYTHONPATH importable).
+JupyterLab runs on it too, unless DIFFEDIT_LAB_PYTHON names another Python with its own JupyterLab:
+`make test-colab-browser` runs the test with JupyterLab 3 and jupyterlab_widgets 1.1 in front of a
+kernel with ipywidgets 7.7.1, the closest pair here to Colab's.
+
 Needs the Debian `chromium` package (/usr/bin/chromium; DIFFEDIT_CHROMIUM names another binary)
 and the `playwright`, `jupyterlab`, `ipykernel` and `nbformat` Python packages; no browser is
 downloaded.
@@ -34,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHROMIUM = os.environ.get("DIFFEDIT_CHROMIUM", "/usr/bin/chromium")  # the Debian package's browser
+LAB_PYTHON = os.environ.get("DIFFEDIT_LAB_PYTHON") or sys.executable  # the Python that runs JupyterLab
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000  # one wait (server start, kernel start, first render)
@@ -48,6 +54,8 @@ def missing_pieces() -> list[str]:
     "What the browser runs need and this machine lacks."
     missing = [f"the Python package {name} (pip install -r requirements.txt)"
                for name in ("playwright", "jupyterlab", "ipykernel", "nbformat") if importlib.util.find_spec(name) is None]
+    if LAB_PYTHON != sys.executable and not os.access(LAB_PYTHON, os.X_OK):
+        missing.append(f"the Python named by DIFFEDIT_LAB_PYTHON ({LAB_PYTHON})")
     if not os.access(CHROMIUM, os.X_OK):
         missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium)")
     return missing
@@ -66,6 +74,23 @@ def write_notebook(path: Path, cells: list[str]) -> None:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
     nbformat.write(nb, str(path))
+
+
+def write_kernelspec(data_dir: Path) -> None:
+    """The "python3" kernel in `data_dir` (first on JUPYTER_PATH: before the server's own): this Python, so that the
+    kernel's packages (ipywidgets among them) are the test's, whichever JupyterLab serves it."""
+    spec = data_dir / "kernels" / "python3"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel)", "language": "python"}))
+
+
+def lab_version() -> str:
+    "The version of the JupyterLab that `lab_server` runs."
+    out = subprocess.run([LAB_PYTHON, "-c", "import jupyterlab; print(jupyterlab.__version__)"], capture_output=True,
+                         text=True, check=True)
+    return out.stdout.strip()
 
 
 def log_tail(path: Path, n: int = 3000) -> str:
@@ -117,6 +142,7 @@ def lab_server(folder: Path, cells: list[str]):
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     write_notebook(dirs["notebooks"] / "explorer.ipynb", cells)
+    write_kernelspec(dirs["data"])
     # no announcements feed, no update check, no extension index (nothing to fetch), no toast asking
     (dirs["config"] / "jupyter_server_config.json").write_text(json.dumps({"LabApp": {
         "news_url": None, "check_for_updates_class": "jupyterlab.NeverCheckForUpdate", "extension_manager": "readonly"}}))
@@ -125,14 +151,15 @@ def lab_server(folder: Path, cells: list[str]):
     (notifications / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     port = free_port()
-    cmd = [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+    cmd = [LAB_PYTHON, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
            "--ServerApp.port_retries=0", "--ServerApp.open_browser=False", "--IdentityProvider.token=",
            f"--ServerApp.root_dir={dirs['notebooks']}"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    # the kernel starts in the notebook's folder: PYTHONPATH's entries made absolute
+    path = os.pathsep.join(os.path.abspath(p) for p in [str(ROOT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)] if p)
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(dirs["runtime"]), JUPYTER_CONFIG_DIR=str(dirs["config"]),
-               JUPYTER_DATA_DIR=str(dirs["data"]), IPYTHONDIR=str(dirs["ipython"]), PYTHONPATH=path,
+               JUPYTER_DATA_DIR=str(dirs["data"]), JUPYTER_PATH=str(dirs["data"]), IPYTHONDIR=str(dirs["ipython"]), PYTHONPATH=path,
                OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     log = folder / "jupyterlab.log"
     with open(log, "wb") as out:

@@ -12,6 +12,10 @@ The edit explorer: `edit_explorer` on the bundled model's example edit; 20 timed
 threshold slider, then a click on Edit: the after-image must appear and differ from the input
 only inside the mask the sliders chose.
 
+It runs in JupyterLab 4 with ipywidgets 8 (`make test`), and in JupyterLab 3 with
+jupyterlab_widgets 1.1 and ipywidgets 7.7.1 (`make test-colab-browser`: Colab's ipywidgets; the
+front end nearest to Colab's that runs here).
+
 The latencies are printed (run with -s to see them) and recorded as test properties
 (`record_property`: in the JUnit XML report); they are measured, never asserted:
 benchmarks/widget_latency.py reports them against the target.
@@ -31,8 +35,8 @@ import time
 
 import numpy as np
 import pytest
-from lab_browser import (TIMEOUT_MS, browser, describe, lab_server, missing_pieces, open_and_run_all, run_menu,
-                         slider_latency, summary)
+from lab_browser import (TIMEOUT_MS, browser, describe, lab_server, lab_version, missing_pieces, open_and_run_all,
+                         run_menu, slider_latency, summary)
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -40,6 +44,7 @@ pytestmark = pytest.mark.slow
 REQUIRED = os.environ.get("DIFFEDIT_REQUIRE_BROWSER", "") not in ("", "0")
 START, STEPS, STEP = 0.30, 20, 0.01  # the slider starts at 0.30; 20 presses of the right arrow reach 0.50
 SCALE = 4  # a 64 px image is shown at 4 screen pixels per pixel
+HANDLE = ".noUi-handle, .ui-slider-handle"  # a slider's handle: noUiSlider in ipywidgets 8, jQuery UI in 7
 
 # Cell 1 of the mask explorer's notebook, also run here for the expected pictures. The map is a
 # cone quantised to the levels (k + 0.5) / 100, so every 0.01 step of the slider changes the mask
@@ -80,6 +85,9 @@ def browser_available():
         if REQUIRED:
             pytest.fail(message + "; DIFFEDIT_REQUIRE_BROWSER is set, so this is an error", pytrace=False)
         pytest.skip(message)
+    import ipywidgets
+
+    print(f"\nJupyterLab {lab_version()}, ipywidgets {ipywidgets.__version__} in the kernel")
 
 
 # the bytes behind an <img> (a blob: URL in ipywidgets 8), as base64
@@ -162,7 +170,7 @@ def test_mask_explorer_in_the_browser(browser_available, tmp_path, record_proper
         expect(page.locator("em", has_text=NOTE_TEXT)).to_be_hidden()  # the live widget hides the line
 
         # 2. 20 presses of the right arrow, each timed from the key event to the painted picture
-        steps = slider_latency(page, slider.locator(".noUi-handle"), box, STEPS)
+        steps = slider_latency(page, slider.locator(HANDLE), box, STEPS)
         expect(slider.locator(".widget-readout")).to_have_text(f"{end:.2f}", timeout=TIMEOUT_MS)
         expect(area).to_have_text(end_label, timeout=TIMEOUT_MS)
         wait_for_png(page, box, end_png, f"the mask for threshold {end:.2f}")
@@ -203,7 +211,7 @@ def test_edit_explorer_in_the_browser(browser_available, bundled, tmp_path, reco
         slider = page.locator(".widget-hslider", has_text="mask threshold")
         expect(slider.locator(".widget-readout")).to_have_text(f"{first:.2f}", timeout=TIMEOUT_MS)
         box = page.locator(".diffedit-frames")
-        steps = slider_latency(page, slider.locator(".noUi-handle"), box, STEPS)
+        steps = slider_latency(page, slider.locator(HANDLE), box, STEPS)
         expect(slider.locator(".widget-readout")).to_have_text(f"{end:.2f}", timeout=TIMEOUT_MS)
         wait_for_png(page, box, end_png, f"the mask for threshold {end:.2f}")
         report(record_property, "edit explorer", steps)
