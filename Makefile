@@ -8,6 +8,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # one thread: torch with two threads on a busy two-core machine can be 50x slower
 RUN := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY)
+# test worker processes, one thread each (pytest-xdist; a notebook's cells stay together on one: conftest.py)
+WORKERS ?= 2
 
 .PHONY: setup demo test test-compat test-colab-browser test-fast bench train
 
@@ -26,7 +28,7 @@ demo: setup
 	$(RUN) -m diffedit_helpers demo
 
 test: setup
-	$(RUN) -m pytest -q -p no:cacheprovider tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg
+	$(RUN) -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist loadscope tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg
 	$(MAKE) --no-print-directory test-compat
 
 # the versions our users have: Colab's ipywidgets 7.7.1 for the widget tests, transformers at the floor
