@@ -21,10 +21,11 @@ ENCODINGS = ("noise", "inversion")
 # the map divided by clamp_ratio times its mean and clipped at 1, so one extreme cell cannot squash the rest
 NORMALISATIONS = ("minmax", "clamp")
 STABLE_DIFFUSION_VAE_FACTOR = 8  # pixels per latent cell in every Stable Diffusion 1.x/2.x VAE
-# Stable Diffusion's defaults where they differ from the shapes world's: one published rule, as published.
+# Stable Diffusion's defaults where they differ from the shapes world's: one published rule, nothing added.
 # The DiffEdit paper removes extreme values, rescales to [0, 1] and binarises at 0.5, but does not say how
 # the extremes are removed; diffusers' pipeline publishes one way, as code: clamp at 3 x the map's mean,
 # divide by that, keep what is above 0.5. No blur, no hole filling, no refinement (none is in that rule).
+# diffusers keeps whole latent cells; here, as for every rule, the scaled map is brought up to the pixels first.
 STABLE_DIFFUSION = dict(normalise="clamp", clamp_ratio=3.0, threshold=0.5, blur=0, fill_holes=False, refine=False)
 MAX_CLAMP_RATIO = 1000.0
 # upper bounds that hold for any image; `check_for_image` then bounds them by the image itself
@@ -156,8 +157,9 @@ class DiffEditConfig:
     def for_model(cls, model) -> "DiffEditConfig":
         """The defaults for `model`. The class defaults were measured on the shapes world (the
         bundled model and any model of its kind). Models with Stable Diffusion's 8x VAE get one
-        published mask rule instead, as published: diffusers' StableDiffusionDiffEditPipeline's
-        (the map clamped at 3 x its mean, divided by that, binarised at 0.5, the paper's threshold),
+        published mask rule instead, with nothing added: diffusers' StableDiffusionDiffEditPipeline's
+        (the map clamped at 3 x its mean, divided by that, binarised at 0.5, the paper's threshold;
+        thresholded on the pixels, where diffusers keeps whole latent cells),
         without blur, hole filling or this project's guided-filter refinement, which was measured
         only on flat-coloured objects (on textured photos it can follow the texture inside the
         object). See STABLE_DIFFUSION."""

@@ -300,7 +300,7 @@ def _diffusers_rule(raw, ratio=3.0, threshold=0.5):
     return (raw.clamp(0, top) / top) > threshold
 
 
-def test_the_stable_diffusion_default_is_diffusers_clamp_rule_as_published_and_its_clamp_shows(sd_folders):
+def test_the_stable_diffusion_default_is_diffusers_clamp_rule_and_its_clamp_shows(sd_folders):
     from diffedit_helpers import make_mask, scale_map, upsample_map
     from diffedit_helpers.edit import encode_inputs
     from diffedit_helpers.mask import noise_difference
