@@ -55,7 +55,7 @@ test-colab-browser: setup
 		$(RUN) -m pytest -q -s -p no:cacheprovider -W ignore::DeprecationWarning tests/test_widget_browser.py
 
 test-fast: setup
-	$(RUN) -m pytest -q -p no:cacheprovider tests -m "not slow"
+	$(RUN) -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist loadscope tests -m "not slow"
 
 bench: setup
 	$(RUN) benchmarks/quality.py --all-kinds && $(RUN) benchmarks/speed.py --notebooks && $(RUN) benchmarks/update_readme.py
