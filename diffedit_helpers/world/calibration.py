@@ -100,12 +100,9 @@ def restriped(edit: Edit, factor: float):
     tgt, size = edit.target.things[edit.index], edit.target.size
     if tgt.pattern != "striped" or pattern_period(tgt) * factor < MIN_STRIPE_PERIOD:
         return None
-    x = np.mgrid[0:size, 0:size][1].astype(np.float32)
-    second = ((x - tgt.cx) / (pattern_period(tgt) * factor)) % 1 < 0.5  # (size, size) bool
-    coat = np.where(second[..., None], np.float32(COLOURS[pattern_colour(tgt.colour)]), np.float32(COLOURS[tgt.colour]))
     m = shape_mask(tgt, size)
     out = _rgb(edit.target)
-    out[m] = coat[m]
+    out[m] = paint(tgt, size, period_scale=factor)[m]
     return out
 
 

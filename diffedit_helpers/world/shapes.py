@@ -149,6 +149,7 @@ def _polygon_mask(size, points):
 
 HORSE_LEGS, LEG_WIDTH = (3.2, 5.2, 9.6, 11.4), 1.3  # each leg's left edge and its width, in the 16-unit box
 HORSE_HEAD = ((11.5, 1.5), (15.5, 3.5), (15, 5), (12.5, 4))  # the head's corners in the 16-unit box
+HORSE_BODY = (2.5, 5, 12.5, 10.5)  # the body ellipse's bounding box (left, top, right, bottom) in the 16-unit box
 LEGS_FROM = 10.8  # in the horse's 16-unit box, below the body (to 10.5) and the tail (to 10.8) only legs remain
 
 
@@ -159,7 +160,8 @@ def _horse_mask(size, cx, cy, s):
     u = s / 16  # one unit: the silhouette is drawn in a 16 x 16 box centred on (cx, cy)
     X = lambda v: cx + (v - 8) * u  # noqa: E731
     Y = lambda v: cy + (v - 8) * u  # noqa: E731
-    d.ellipse([X(2.5), Y(5), X(12.5), Y(10.5)], fill=255)  # body
+    left, top, right, bottom = HORSE_BODY
+    d.ellipse([X(left), Y(top), X(right), Y(bottom)], fill=255)  # body
     d.polygon([(X(10), Y(6.5)), (X(12), Y(2)), (X(14), Y(2.5)), (X(12.5), Y(7.5))], fill=255)  # neck
     d.polygon([(X(v), Y(w)) for v, w in HORSE_HEAD], fill=255)  # head
     for left in HORSE_LEGS:  # legs
@@ -192,7 +194,8 @@ def horse_part_masks(thing: Thing, size: int) -> dict[str, np.ndarray]:
                                                         (X(left + LEG_WIDTH), Y(15.5)), (X(left), Y(15.5))])
     parts["head"] = silhouette & _polygon_mask(size, [(X(v), Y(w)) for v, w in HORSE_HEAD])
     img = Image.new("L", (size, size), 0)
-    ImageDraw.Draw(img).ellipse([X(2.5), Y(5), X(12.5), Y(10.5)], fill=255)
+    left, top, right, bottom = HORSE_BODY
+    ImageDraw.Draw(img).ellipse([X(left), Y(top), X(right), Y(bottom)], fill=255)
     parts["body"] = np.asarray(img) > 0
     return parts
 
@@ -220,18 +223,19 @@ def pattern_period(thing: Thing) -> float:
     return max(thing.size / 5, 4.0) if thing.pattern == "striped" else max(thing.size / 4, 5.0)
 
 
-def paint(thing: Thing, size: int) -> np.ndarray:
-    "The object's colours over the whole canvas (its mask picks them), float32 (size, size, 3)."
+def paint(thing: Thing, size: int, period_scale: float = 1.0) -> np.ndarray:
+    """The object's colours over the whole canvas (its mask picks them), float32 (size, size, 3);
+    its stripes or dots drawn at `period_scale` times their period (1: the world's own)."""
     colour = np.array(COLOURS[thing.colour], np.float32)
     second = np.array(COLOURS[pattern_colour(thing.colour)], np.float32)
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     if thing.pattern == "plain":
         use_second = np.zeros((size, size), bool)
     elif thing.pattern == "striped":  # vertical stripes, period about a fifth of the object
-        period = pattern_period(thing)
+        period = pattern_period(thing) * period_scale
         use_second = ((x - thing.cx) / period) % 1 < 0.5
     elif thing.pattern == "dotted":
-        period = pattern_period(thing)
+        period = pattern_period(thing) * period_scale
         fx, fy = ((x - thing.cx) / period) % 1 - 0.5, ((y - thing.cy) / period) % 1 - 0.5
         use_second = fx**2 + fy**2 < 0.22**2 * 2
     else:
