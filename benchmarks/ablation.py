@@ -117,14 +117,14 @@ def main(argv=None) -> int:
             print(f"error: --model must be NAME=FOLDER with an existing folder, got {item!r}", file=sys.stderr)
             return 2
         models.append((name, path))
-    config = config_from_args(args).validate()
+    config = config_from_args(args)
     json_path, md_path = args.out.with_suffix(".json"), args.out.with_suffix(".md")
     results = json.loads(json_path.read_text())["models"] if json_path.exists() else {}
     for name, path in models:
         print(f"{name}: {path}", flush=True)
         results[name] = measure_model(path, config, args.scenes, args.first_seed, args.zebra_seeds)
         print(format_table({name: results[name]}), flush=True)
-        meta = dict(scenes=args.scenes, first_seed=args.first_seed, zebra_seeds=args.zebra_seeds, config=config.__dict__,
+        meta = dict(scenes=args.scenes, first_seed=args.first_seed, zebra_seeds=args.zebra_seeds, config=config.to_dict(),
                     torch=torch.__version__, machine=platform.machine())
         json_path.write_text(json.dumps(dict(meta=meta, models=results), indent=1) + "\n")
         md_path.write_text(f"# Ablation\n\n{args.scenes} held-out scenes x {len(EDIT_KINDS)} kinds (seeds from {args.first_seed}), "

@@ -179,16 +179,16 @@ def main(args) -> int:
         return INTERRUPTED
 
 
-def check_command(args) -> tuple[DiffEditConfig, Path, Path]:
-    """The options, the jobs file and the output folder, checked before any model work: (config, jobs file,
-    out). The config is the options over the shapes world's defaults; `_run` lays them over the model's."""
-    config = config_from_args(args)
+def check_command(args) -> tuple[Path, Path]:
+    """The options, the jobs file and the output folder, checked before any model work: (jobs file,
+    out). The options are checked over the shapes world's defaults; `_run` lays them over the model's."""
+    config_from_args(args)
     if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
         raise ValueError(f"--seed must be an integer in [0, 2**64 - 1], got {args.seed}")
     jobs_path, out = check_jobs_file(args.jobs), check_out_folder(args.out)
     if next(iter_jobs(jobs_path), None) is None:
         raise ValueError(f"jobs file {str(jobs_path)!r} holds no jobs (every line is blank); nothing to do")
-    return config, jobs_path, out
+    return jobs_path, out
 
 
 def lock_out_folder(out: Path, state) -> OutputLock | None:
@@ -214,7 +214,7 @@ def lock_out_folder(out: Path, state) -> OutputLock | None:
 
 def _main(args) -> int:
     try:
-        _, jobs_path, out = check_command(args)
+        jobs_path, out = check_command(args)
         state = process_state(args.device)
         out.mkdir(parents=True, exist_ok=True)
         lock = lock_out_folder(out, state)

@@ -477,7 +477,6 @@ def edit_explorer(model, image, source_prompt: str, target_prompt: str, config: 
     return EditExplorer(model, rgb, source_prompt, target_prompt, config, diff_map, int(seed), scale)
 
 
-
 # ----------------------------------------------------------------------------- still pictures
 def still_picture(explorer, scale: int = 3):
     """What an explorer shows now, as one PIL image (RGB): a line with its controls' values above its
