@@ -377,11 +377,8 @@ def difference_map(model, image, source_prompt, target_prompt, config: DiffEditC
     """Step 1 alone: the (H, W) float32 map in [0, 1] that `diffedit` thresholds into its mask
     (with the same generator state, the same map: both draw from its mask stream). Checks its
     inputs as `diffedit` does."""
-    model = as_model(model)
-    image, config = prepare_inputs(model, image, source_prompt, target_prompt, config, fit, max_side)
-    check_generator(generator)
-    mask_generator, _ = generator_streams(generator)
-    x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt, on_stage)
+    model, image, config, mask_generator, (x0, src, tgt) = _step_one_inputs(
+        model, image, source_prompt, target_prompt, config, generator, fit, max_side, on_stage)
     with stage("mask", on_stage):
         return mask_maps(model, image, x0, src, tgt, make_scheduler(model, config.steps), config, mask_generator)[1]
 
@@ -392,12 +389,20 @@ def latent_difference(model, image, source_prompt, target_prompt, config: DiffEd
     """Step 1 on the latent grid, before any scaling: the (h, w) float32 mean |eps_target - eps_source|
     from the same mask stream as `diffedit` and `difference_map`. Scale it with `mask.scale_map`
     (min-max or the clamp), bring it to the image with `upsample_map`. Checks its inputs as `diffedit` does."""
+    model, _, config, mask_generator, (x0, src, tgt) = _step_one_inputs(
+        model, image, source_prompt, target_prompt, config, generator, fit, max_side)
+    return raw_difference(model, x0, src, tgt, make_scheduler(model, config.steps), config, mask_generator)
+
+
+def _step_one_inputs(model, image, source_prompt, target_prompt, config, generator, fit, max_side, on_stage=None):
+    """What step 1 alone needs, checked as `diffedit` checks it: (model, RGB image, config, the
+    generator's mask stream, (latents, source embedding, target embedding))."""
     model = as_model(model)
     image, config = prepare_inputs(model, image, source_prompt, target_prompt, config, fit, max_side)
     check_generator(generator)
     mask_generator, _ = generator_streams(generator)
-    x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt)
-    return raw_difference(model, x0, src, tgt, make_scheduler(model, config.steps), config, mask_generator)
+    x0, src, tgt, _ = encode_inputs(model, image, source_prompt, target_prompt, on_stage)
+    return model, image, config, mask_generator, (x0, src, tgt)
 
 
 @torch.no_grad()
