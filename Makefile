@@ -2,6 +2,9 @@
 # make test   set up (first time) and run the tests and every notebook under nbval (also on an SD-shaped model)
 # make bench  regenerate the README's Results section (benchmarks/; about an hour on one thread)
 # make train  retrain the bundled model from scratch in the background (CPU, about an hour; run again to resume)
+# make train ARCH=32x32 CPU_HOURS=20 CHECKPOINTS=$HOME/diffedit-long-run THREADS=1
+#             the long run: open-ended, one thread, checkpoints and snapshots kept outside the work tree; run again to resume
+# make probe-snapshots CHECKPOINTS=... RUN_NAME=...   probe its new snapshots (benchmarks/results/training_curve.md)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +14,7 @@ RUN := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY)
 # test worker processes, one thread each (pytest-xdist; a notebook's cells stay together on one: conftest.py)
 WORKERS ?= 2
 
-.PHONY: setup demo test test-compat test-colab-browser test-fast bench train
+.PHONY: setup demo test test-compat test-colab-browser test-fast bench train probe-snapshots
 
 setup: $(VENV)/.installed
 
@@ -60,11 +63,23 @@ test-fast: setup
 bench: setup
 	$(RUN) benchmarks/quality.py --all-kinds && $(RUN) benchmarks/speed.py --notebooks && $(RUN) benchmarks/update_readme.py
 
-# training is the one job on an idle machine: both cores (PASSIVE keeps idle threads from spinning). It runs in the
-# background and checkpoints as it goes: `make train` again after a stop resumes it; `tail -f runs/bundled-retrained.log`
+# training, as the bundled model was made: both cores of an idle machine (PASSIVE keeps idle threads from spinning).
+# It runs in the background and checkpoints as it goes: `make train` again after a stop resumes it; `tail -f TRAIN_OUT.log`.
+# A long run names its checkpoint folder (kept, with snapshots of the model to probe) and a CPU budget instead of steps.
+TRAIN_OUT ?= runs/bundled-retrained
+ARCH ?= 16x16
+THREADS ?= 2
+CHECKPOINTS ?=
+CPU_HOURS ?=
+RUN_NAME ?= long run $(ARCH)
 train: setup
-	@mkdir -p runs
-	@if [ -d runs/bundled-retrained/unet ]; then echo "runs/bundled-retrained is finished; move it away to train again"; exit 1; fi
-	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 nohup $(PY) -m diffedit_helpers.world.train \
-		--out runs/bundled-retrained >> runs/bundled-retrained.log 2>&1 &
-	@echo "training in the background (about an hour on two idle cores): tail -f runs/bundled-retrained.log"
+	@mkdir -p $(dir $(TRAIN_OUT))
+	@if [ -d $(TRAIN_OUT)/unet ]; then echo "$(TRAIN_OUT) is finished; move it away or name another TRAIN_OUT"; exit 1; fi
+	OMP_NUM_THREADS=$(THREADS) OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 nohup $(PY) -m diffedit_helpers.world.train \
+		--out $(TRAIN_OUT) --arch $(ARCH) $(if $(CHECKPOINTS),--checkpoints $(CHECKPOINTS)) $(if $(CPU_HOURS),--cpu-hours $(CPU_HOURS)) \
+		>> $(TRAIN_OUT).log 2>&1 &
+	@echo "training in the background: tail -f $(TRAIN_OUT).log"
+
+probe-snapshots: setup
+	@if [ -z "$(CHECKPOINTS)" ]; then echo "name the run's checkpoint folder: make probe-snapshots CHECKPOINTS=..."; exit 1; fi
+	$(RUN) benchmarks/probes.py snapshots --run "$(RUN_NAME)" $(CHECKPOINTS)

@@ -183,3 +183,33 @@ def test_the_knob_sweep_runs_each_setting_once_and_guidance_leaves_the_mask_alon
     for rows in out.values():
         for r in rows:
             assert 0 <= r["iou"] <= 1 and 0 <= r["success"] <= 1 and set(r["by_kind"]) == {"colour", "shape", "pattern"}
+
+
+def test_probe_snapshots_skip_the_steps_the_curve_has_and_folders_that_are_gone(tmp_path):
+    import json
+
+    import probes
+
+    for step in (100, 200, 300):
+        (tmp_path / f"step-{step}").mkdir()
+    listed = [dict(step=s, cpu_hours=s / 1000, loss=0.1, folder=str(tmp_path / f"step-{s}")) for s in (100, 200, 300, 400)]
+    (tmp_path / "snapshots.jsonl").write_text("".join(json.dumps(r) + "\n" for r in listed))
+    rows = [dict(run="long", step=100), dict(run="other", step=200)]
+    todo = probes.unprobed_snapshots(tmp_path, "long", rows)
+    assert [s["step"] for s in todo] == [200, 300]  # 100 is probed for this run; 400's folder does not exist
+    table = probes.format_curve([dict(run="long", step=s, cpu_hours=0.5, loss=0.2, null=1, zebras=0, colour=2, colour_iou=0.9)
+                                 for s in (300, 100)])
+    assert [line.split(" | ")[1] for line in table.splitlines()[2:]] == ["100", "300"]  # in step order
+
+
+def test_vae_ceiling_passes_the_rendered_targets_and_never_more_through_the_vae():
+    import probes
+
+    from diffedit_helpers.models import BUNDLED_PATH
+
+    result = probes.ceiling(BUNDLED_PATH, scenes=3)
+    for kind in ("colour", "removal", "null"):  # the judges pass a true target as rendered (calibration)
+        assert result[kind]["rendered"]["success"] == result[kind]["rendered"]["n"] == 3
+    for cell in result.values():
+        assert 0 <= cell["through_vae"]["success"] <= cell["through_vae"]["n"]
+    assert result["whole_zebra"]["rendered"]["success"] == probes.ZEBRA_SEEDS

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from diffedit_helpers.cli import DEMO_GUIDANCE, DEMO_SEED, main
 from diffedit_helpers.models import BUNDLED_PATH
 from diffedit_helpers.world.metrics import edit_success
 from diffedit_helpers.world.shapes import horse_scene, make_edit, random_scene, render
-from diffedit_helpers.world.train import ParamEMA, caption_variant, min_snr_weights, pyramid_noise, training_record
+from diffedit_helpers.world.train import ParamEMA, caption_variant, learning_rate, min_snr_weights, pyramid_noise, training_record
 from diffedit_helpers.world.train import main as train_main
 
 
@@ -206,8 +207,39 @@ def test_training_stopped_midway_resumes_to_the_same_model(tmp_path, monkeypatch
     assert recipe["noise_discount"] == 0.6 and recipe["tune_steps"] == 3
 
 
+def test_open_ended_training_snapshots_its_ema_model_and_goes_on_where_it_stopped(tmp_path):
+    ckpt = tmp_path / "long-run"
+    tiny = ["--arch", "32x32", "--scenes", "24", "--vae-steps", "2", "--vae-batch", "4", "--unet-batch", "4", "--warmup", "1",
+            "--checkpoints", str(ckpt), "--snapshot-minutes", "0.01"]
+    train_main(["--out", str(tmp_path / "first"), *tiny, "--cpu-hours", "0.0005"])
+    listed = [json.loads(line) for line in (ckpt / "snapshots.jsonl").read_text().splitlines()]
+    steps = [s["step"] for s in listed]
+    assert len(steps) >= 2 and steps == sorted(set(steps))
+    assert all(Path(s["folder"]).is_dir() for s in listed) and (ckpt / "stage3.pt").exists()  # a named folder is kept
+    model = load_model(listed[-1]["folder"])
+    assert model.vae_scale_factor == 2 and model.unet.config.sample_size == 32  # the 32x32 architecture
+    recipe = json.loads((Path(listed[-1]["folder"]) / "training.json").read_text())["recipe"]
+    assert recipe["arch"] == "32x32" and recipe["step"] == steps[-1]
+    # a larger budget goes on from the last checkpoint: later steps, the same VAE
+    train_main(["--out", str(tmp_path / "second"), *tiny, "--cpu-hours", "0.001"])
+    later = [json.loads(line) for line in (ckpt / "snapshots.jsonl").read_text().splitlines()][len(listed):]
+    assert later and min(s["step"] for s in later) > steps[-1]
+    assert later[-1]["cpu_hours"] > listed[-1]["cpu_hours"]
+    first, second = load_model(tmp_path / "first"), load_model(tmp_path / "second")
+    for (name, p), q in zip(first.vae.state_dict().items(), second.vae.state_dict().values()):
+        assert torch.equal(p, q), f"the VAE changed: {name}"
+
+
+def test_learning_rate_warms_up_then_decays_or_holds():
+    assert learning_rate(0, 1000, 1.0, warmup=10) == pytest.approx(0.1)
+    assert learning_rate(0, 1000, 1.0, warmup=10, schedule="constant") == pytest.approx(0.1)
+    assert learning_rate(999, 1000, 1.0, warmup=10) < 1e-4  # cosine: down to 0 at the end
+    assert learning_rate(10**6, 0, 1.0, warmup=10, schedule="constant") == 1.0  # open-ended: held
+
+
 def test_training_options_out_of_range_are_refused(tmp_path, capsys):
-    for option, value in (("--noise-discount", "1.0"), ("--caption-dropout", "-0.1"), ("--tune-steps", "-1"), ("--checkpoint-every", "0")):
+    for option, value in (("--noise-discount", "1.0"), ("--caption-dropout", "-0.1"), ("--tune-steps", "-1"), ("--checkpoint-every", "0"),
+                          ("--cpu-hours", "0"), ("--snapshot-minutes", "nan"), ("--arch", "8x8")):
         with pytest.raises(SystemExit):
             train_main(["--out", str(tmp_path / "m"), option, value])
         assert option in capsys.readouterr().err

@@ -22,6 +22,7 @@ CLIP's BPE tokenizer, a DDIM scheduler), only smaller. Scenes with seeds below
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ import re
 import shutil
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 
 from .sd_shaped import prefix_text_encoder_keys
 from .shapes import IMAGE_SIZE, random_scene, render
-from .tiny_model import TOKENIZER_SOURCE, build_components
+from .tiny_model import ARCHITECTURES, DEFAULT_ARCHITECTURE, TOKENIZER_SOURCE, build_components
 
 PIXEL_RANGE = 2.0  # pixels are trained in [-1, 1]: PSNR's peak is that range, 2 (peak squared 4)
 L1_WEIGHT = 0.5  # the VAE's reconstruction loss: MSE + L1_WEIGHT * L1 (L1 keeps edges sharper)
@@ -80,6 +82,14 @@ def cosine_lr(step, total, base, warmup=100):
     if step < warmup:
         return base * (step + 1) / warmup
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def learning_rate(step, total, base, warmup=100, schedule: str = "cosine"):
+    """The learning rate at `step`: warm-up, then a cosine decay to 0 at `total` ("cosine"), or held at `base`
+    ("constant": an open-ended run, stopped by its CPU budget, whose EMA weights are the model)."""
+    if schedule == "constant":
+        return base * min(1.0, (step + 1) / warmup)
+    return cosine_lr(step, total, base, warmup)
 
 
 def pyramid_noise(shape, generator, discount: float = 0.0) -> torch.Tensor:
@@ -195,18 +205,19 @@ def tokenize(tokenizer, captions) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def save_checkpoint(path, step, modules, opt, averaged, gen, smooth_loss):
+def save_checkpoint(path, step, modules, opt, averaged, gen, smooth_loss, cpu_seconds: float = 0.0):
     "Everything training needs to go on from `step`, written whole (a temporary file, then renamed)."
     path = Path(path)
     state = dict(step=step, modules=[m.state_dict() for m in modules], opt=opt.state_dict(), gen=gen.get_state(),
-                 smooth_loss=smooth_loss, ema=None if averaged is None else (averaged.shadow, averaged.updates))
+                 smooth_loss=smooth_loss, ema=None if averaged is None else (averaged.shadow, averaged.updates),
+                 cpu_seconds=cpu_seconds)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
 
 
-def load_checkpoint(path, modules, opt, averaged, gen) -> tuple[int, float | None]:
-    "Restore what `save_checkpoint` wrote; returns (the step to go on from, the logged loss)."
+def load_checkpoint(path, modules, opt, averaged, gen) -> tuple[int, float | None, float]:
+    "Restore what `save_checkpoint` wrote; returns (the step to go on from, the logged loss, the CPU seconds spent so far)."
     state = torch.load(path, weights_only=False)
     for m, sd in zip(modules, state["modules"]):
         m.load_state_dict(sd)
@@ -216,12 +227,13 @@ def load_checkpoint(path, modules, opt, averaged, gen) -> tuple[int, float | Non
         shadow, averaged.updates = state["ema"]
         for s, v in zip(averaged.shadow, shadow):
             s.copy_(v)
-    return state["step"], state["smooth_loss"]
+    return state["step"], state["smooth_loss"], state.get("cpu_seconds", 0.0)
 
 
 def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, steps, batch_size, lr, gen, p_uncond=0.1,
                snr_gamma: float = 5.0, ema_decay: float = 0.999, warmup: int = 100, scenes=None,
-               caption_dropout: float = 0.0, noise_discount: float = 0.0, checkpoint=None, checkpoint_every: int = 200):
+               caption_dropout: float = 0.0, noise_discount: float = 0.0, checkpoint=None, checkpoint_every: int = 200,
+               cpu_budget: float | None = None, snapshot=None, snapshot_every: float = 1800.0):
     """Train the UNet and text encoder together; at the end both hold the EMA of their weights.
 
     snr_gamma: Min-SNR-gamma loss weighting (0 turns it off); ema_decay: 0 keeps the raw weights.
@@ -229,6 +241,10 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, step
         (words left out with that probability) instead of the exact `captions`.
     noise_discount: the coarse-scale share of the training noise (`pyramid_noise`; 0 = white).
     checkpoint: a file written every `checkpoint_every` steps; if it exists, training goes on from it.
+    cpu_budget: an open-ended run: seconds of this process's CPU time (summed over resumed runs) after which it
+        stops, with the learning rate held after warm-up instead of `steps` of cosine decay.
+    snapshot: called as snapshot(step, logged_loss, cpu_seconds) every `snapshot_every` CPU seconds and at the
+        end, with the EMA weights in the modules (a model to probe while training goes on).
     """
     ids = tokenize(tokenizer, captions + [""])
     empty_ids, ids = ids[-1], ids[:-1]
@@ -237,13 +253,16 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, step
     alphas = scheduler.alphas_cumprod
     unet.train(), text_encoder.train()
     averaged = ParamEMA([unet, text_encoder], ema_decay) if ema_decay > 0 else None
-    first, smooth_loss = 0, None
+    step, smooth_loss, cpu = 0, None, 0.0
     if checkpoint is not None and Path(checkpoint).exists():
-        first, smooth_loss = load_checkpoint(checkpoint, [unet, text_encoder], opt, averaged, gen)
-        logger.info(f"resuming from {checkpoint} at step {first}")
-    for step in range(first, steps):
+        step, smooth_loss, cpu = load_checkpoint(checkpoint, [unet, text_encoder], opt, averaged, gen)
+        logger.info(f"resuming from {checkpoint} at step {step}")
+    schedule = "cosine" if cpu_budget is None else "constant"
+    next_snapshot = (cpu // snapshot_every + 1) * snapshot_every
+    while step < steps if cpu_budget is None else cpu < cpu_budget:
+        started = time.process_time()
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, steps, lr, warmup)
+            g["lr"] = learning_rate(step, steps, lr, warmup, schedule)
         # 1. a batch of latents and their captions (some left empty, for classifier-free guidance)
         idx = torch.randint(len(latents), (batch_size,), generator=gen)
         x0 = latents[idx]  # (B, C, h, w), already scaled
@@ -274,13 +293,40 @@ def train_unet(unet, text_encoder, tokenizer, latents, captions, scheduler, step
         if averaged is not None:
             averaged.update()
         smooth_loss = loss.item() if smooth_loss is None else LOSS_SMOOTHING * smooth_loss + (1 - LOSS_SMOOTHING) * loss.item()
-        if step % LOG_EVERY == 0 or step == steps - 1:
-            logger.info(f"unet step {step:5d}/{steps} loss {smooth_loss:.4f}")
-        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step == steps - 1):
-            save_checkpoint(checkpoint, step + 1, [unet, text_encoder], opt, averaged, gen, smooth_loss)
+        step, cpu = step + 1, cpu + time.process_time() - started
+        last = step == steps if cpu_budget is None else cpu >= cpu_budget
+        if (step - 1) % LOG_EVERY == 0 or last:
+            logger.info(f"unet step {step - 1:5d}/{steps if cpu_budget is None else '-'} loss {smooth_loss:.4f} "
+                        f"cpu {cpu / 3600:.2f} h")
+        if checkpoint is not None and (step % checkpoint_every == 0 or last or (snapshot and cpu >= next_snapshot)):
+            save_checkpoint(checkpoint, step, [unet, text_encoder], opt, averaged, gen, smooth_loss, cpu)
+        if snapshot is not None and (cpu >= next_snapshot or last):
+            with ema_weights(averaged, [unet, text_encoder]):
+                snapshot(step, smooth_loss, cpu)
+            next_snapshot = (cpu // snapshot_every + 1) * snapshot_every
     if averaged is not None:
         averaged.copy_to_params()
     unet.eval(), text_encoder.eval()
+
+
+@contextlib.contextmanager
+def ema_weights(averaged, modules):
+    "The EMA weights in `modules` (in eval mode) inside the block; the trained weights and train mode after it."
+    if averaged is None:
+        yield
+        return
+    trained = [p.detach().clone() for p in averaged.params]
+    averaged.copy_to_params()
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, v in zip(averaged.params, trained):
+                p.copy_(v)
+        for m in modules:
+            m.train()
 
 
 TRAINING_FILE = "training.json"  # what the model was trained on, read by diffedit_helpers.preflight
@@ -366,6 +412,17 @@ def main(argv=None):
     p.add_argument("--caption-dropout", type=float, default=CAPTION_DROPOUT,
                    help=f"stage 4: probability of leaving out each colour word and the background phrase (default {CAPTION_DROPOUT})")
     p.add_argument("--checkpoint-every", type=int, default=200, help="UNet steps between checkpoints (default 200)")
+    p.add_argument("--arch", choices=ARCHITECTURES, default=DEFAULT_ARCHITECTURE,
+                   help=f"the latent grid of a 64 px scene: {DEFAULT_ARCHITECTURE} (the bundled model's) or 32x32 (tiny_model)")
+    p.add_argument("--checkpoints", default=None,
+                   help="the checkpoint folder (default: beside --out, removed once the model is saved); a folder you name "
+                        "is kept, with the long run's snapshots in it")
+    p.add_argument("--cpu-hours", type=float, default=None,
+                   help="an open-ended stage 3 instead of --unet-steps: the learning rate held after warm-up, stopped after "
+                        "this many hours of this process's CPU time, summed over resumed runs")
+    p.add_argument("--snapshot-minutes", type=float, default=30.0,
+                   help="with --cpu-hours: CPU minutes between snapshots of the EMA weights (CHECKPOINTS/snapshots/step-N, "
+                        "a model folder to probe; default 30)")
     args = p.parse_args(argv)
     if args.checkpoint_every < 1:
         p.error(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
@@ -375,6 +432,10 @@ def main(argv=None):
     for name in ("unet_steps", "tune_steps"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("cpu_hours", "snapshot_minutes"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            p.error(f"--{name.replace('_', '-')} must be a number > 0, got {value}")
     if Path(args.out).resolve() != Path(TOKENIZER_SOURCE).parent.resolve() and Path(args.out).exists() and any(Path(args.out).iterdir()):
         p.error(f"--out {args.out!r} exists and is not empty; choose a new folder")
     handler = logging.StreamHandler(sys.stdout)
@@ -406,9 +467,24 @@ def checkpoint_folder(out) -> Path:
 
 def recipe(args) -> dict:
     "The training options that made the model, as training.json records them."
-    keys = ("scenes", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "lr", "snr_gamma", "ema_decay", "seed", "warmup",
-            "tune_steps", "tune_lr", "noise_discount", "caption_dropout", "init_from")
+    keys = ("arch", "scenes", "vae_steps", "vae_batch", "unet_steps", "unet_batch", "cpu_hours", "lr", "snr_gamma", "ema_decay",
+            "seed", "warmup", "tune_steps", "tune_lr", "noise_discount", "caption_dropout", "init_from", "vae_from")
     return {k: getattr(args, k) for k in keys}
+
+
+SNAPSHOTS = "snapshots.jsonl"  # one line per snapshot of an open-ended run, in its checkpoint folder
+
+
+def save_snapshot(ckpt: Path, comps, scaling, captions, run_recipe: dict, step: int, loss: float, cpu_seconds: float):
+    "The model as it stands (EMA weights) to CKPT/snapshots/step-NNNNNN, and a line in CKPT/snapshots.jsonl."
+    folder = ckpt / "snapshots" / f"step-{step:06d}"
+    if folder.exists():
+        return
+    hours = round(cpu_seconds / 3600, 4)
+    save_folder(folder, comps, scaling, captions=captions, recipe=dict(run_recipe, step=step, cpu_hours=hours, loss=loss))
+    with open(ckpt / SNAPSHOTS, "a") as f:
+        f.write(json.dumps(dict(step=step, cpu_hours=hours, loss=round(loss, 5), folder=str(folder))) + "\n")
+    logger.info(f"snapshot {folder} (step {step}, {hours:.2f} CPU h)")
 
 
 def train(args):
@@ -417,9 +493,9 @@ def train(args):
     and started again with the same options goes on where it stopped."""
     from diffusers import AutoencoderKL
 
-    ckpt = checkpoint_folder(args.out)
+    ckpt = Path(args.checkpoints).expanduser() if args.checkpoints else checkpoint_folder(args.out)
     ckpt.mkdir(parents=True, exist_ok=True)
-    comps = build_components(seed=args.seed)
+    comps = build_components(seed=args.seed, arch=args.arch)
     images, captions = make_scenes(args.scenes)
     logger.info(f"rendered {len(images)} scenes")
     scaling = None
@@ -442,8 +518,13 @@ def train(args):
     logger.info(f"encoded latents {tuple(latents.shape)}, std {raw.std().item():.3f} -> scaling factor {scaling:.4f}")
     unet_args = (comps["unet"], comps["text_encoder"], comps["tokenizer"], latents, captions, comps["scheduler"])
     common = dict(snr_gamma=args.snr_gamma, ema_decay=args.ema_decay, warmup=args.warmup)
-    # 3. UNet and text encoder on exact captions and white noise
-    if args.unet_steps:
+    # 3. UNet and text encoder on exact captions and white noise: a number of steps, or open-ended with snapshots
+    if args.cpu_hours:
+        snapshot = partial(save_snapshot, ckpt, comps, scaling, captions, recipe(args))
+        train_unet(*unet_args, 0, args.unet_batch, args.lr, torch.Generator().manual_seed(args.seed + 1),
+                   checkpoint=ckpt / "stage3.pt", checkpoint_every=args.checkpoint_every, cpu_budget=args.cpu_hours * 3600,
+                   snapshot=snapshot, snapshot_every=args.snapshot_minutes * 60, **common)
+    elif args.unet_steps:
         train_unet(*unet_args, args.unet_steps, args.unet_batch, args.lr, torch.Generator().manual_seed(args.seed + 1),
                    checkpoint=ckpt / "stage3.pt", checkpoint_every=args.checkpoint_every, **common)
     # 4. then on captions that leave words out and noise with coarse scales
@@ -453,7 +534,8 @@ def train(args):
                    scenes=scenes, caption_dropout=args.caption_dropout, noise_discount=args.noise_discount,
                    checkpoint=ckpt / "stage4.pt", checkpoint_every=args.checkpoint_every, **common)
     save_folder(args.out, comps, scaling, captions=captions, image_size=images.shape[1], recipe=recipe(args))
-    shutil.rmtree(ckpt)
+    if not args.checkpoints:
+        shutil.rmtree(ckpt)
     logger.info(f"saved to {args.out}")
 
 
