@@ -40,7 +40,7 @@ from pathlib import Path
 from .config import ConfigError, DiffEditConfig, config_from_args, with_option
 from .jobs import Job, check_jobs_file, folder_name, iter_jobs, job_arguments, job_key, line_key, SEED_RANGE
 from .manifest import MANIFEST, OUTPUTS, OutputFolderBusy, OutputLock, append_record, place_job, read_manifest, reconcile
-from .outputs import check_out_folder
+from .outputs import check_out_folder, same_file
 
 INTERRUPTED = 130  # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
 
@@ -186,9 +186,19 @@ def check_command(args) -> tuple[Path, Path]:
     if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
         raise ValueError(f"--seed must be an integer in [0, 2**64 - 1], got {args.seed}")
     jobs_path, out = check_jobs_file(args.jobs), check_out_folder(args.out)
+    check_jobs_outside(jobs_path, out)
     if next(iter_jobs(jobs_path), None) is None:
         raise ValueError(f"jobs file {str(jobs_path)!r} holds no jobs (every line is blank); nothing to do")
     return jobs_path, out
+
+
+def check_jobs_outside(jobs_path: Path, out: Path):
+    """Refuse a jobs file inside the output folder (its manifest, say): the run appends to what it
+    reads, and would never end."""
+    jobs, folder = jobs_path.resolve(), out.resolve()
+    if jobs.is_relative_to(folder) or same_file(jobs, out / MANIFEST):
+        raise ValueError(f"jobs file {str(jobs_path)!r} is inside --out {str(out)!r}, where the run writes; "
+                         f"copy it elsewhere (or choose another --out)")
 
 
 def lock_out_folder(out: Path, state) -> OutputLock | None:

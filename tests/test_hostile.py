@@ -1,0 +1,48 @@
+"""What a hostile run tries against `edit`, `batch`, URL fetching and the API: a jobs file inside the
+output folder, links planted in it, runaway numbers, servers that drip, lines that never end, a full
+disk, and pictures that are not what they claim. Each test drives the command or function itself,
+with servers only on 127.0.0.1 and every wait bounded."""
+
+import errno
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_batch import CLI_FAST, command_env, job_lines
+
+from diffedit_helpers.cli import main
+
+
+def write_lines(path: Path, lines) -> Path:
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def batch(jobs: Path, out: Path, *extra) -> int:
+    return main(["batch", str(jobs), "--out", str(out), *CLI_FAST, *extra])
+
+
+def error_line(err: str) -> str:
+    "The one `error: ...` line of stderr (no traceback)."
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len([line for line in lines if line.startswith("error:")]) >= 1, err
+    return next(line for line in lines if line.startswith("error:"))
+
+
+# ----------------------------------------------------------------------------- high
+def test_the_outputs_own_manifest_as_the_jobs_file_is_refused_at_once(tmp_path):
+    "It used to be read while each failing line appended to it: the run never ended."
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs = write_lines(out / "manifest.jsonl", ['{"image": "missing.png", "source": "a", "target": "b"}'])
+    run = subprocess.run([sys.executable, "-m", "diffedit_helpers", "batch", str(jobs), "--out", str(out), *CLI_FAST],
+                         capture_output=True, text=True, timeout=60, env=command_env())
+    assert run.returncode == 2
+    assert f"jobs file {str(jobs)!r} is inside --out {str(out)!r}" in error_line(run.stderr)
+    assert jobs.read_text().count("\n") == 1  # nothing appended to it
