@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .config import ConfigError, DiffEditConfig, config_from_args, with_option
 from .jobs import Job, check_jobs_file, folder_name, iter_jobs, job_arguments, job_key, line_key, SEED_RANGE
-from .manifest import MANIFEST, OUTPUTS, OutputFolderBusy, OutputLock, append_record, place_job, read_manifest, reconcile
+from .manifest import MANIFEST, OUTPUTS, check_own_files, OutputFolderBusy, OutputLock, append_record, place_job, read_manifest, reconcile
 from .outputs import check_out_folder, same_file
 
 INTERRUPTED = 130  # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
@@ -207,6 +207,7 @@ def lock_out_folder(out: Path, state) -> OutputLock | None:
     lock, error = None, None
     if state.is_main_process:
         try:
+            check_own_files(out)
             lock = OutputLock(out).acquire()
             reconcile(out, read_manifest(out))
         except OSError as e:

@@ -14,12 +14,14 @@ run, or a complete folder the manifest does not record, which the next run adopt
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import json
 import os
 import shutil
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -35,11 +37,48 @@ class OutputFolderBusy(OSError):
     "Another run holds the output folder's lock; the message says who and since when."
 
 
+class NotOurFile(OSError):
+    "A name the run writes to (its lock, its manifest) is a link, a folder or a file shared with another name."
+
+
+def open_own(path: Path, flags: int) -> int:
+    """A descriptor on one of the run's own files in the output folder, never through a link (O_NOFOLLOW)
+    and never a file that also has another name (a hard link: writing would change that file too)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise NotOurFile(not_ours(path)) from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        raise NotOurFile(not_ours(path))
+    return fd
+
+
+def not_ours(path: Path) -> str:
+    return (f"{str(path)!r} is not a plain file of this output folder (a link, a folder, or a file with another name "
+            f"too); move it away, or choose a new --out")
+
+
+def check_own_files(out: Path):
+    "Refuse, before any model work, an output folder whose lock or manifest is a link, a folder or a shared file."
+    for name in (LOCK, MANIFEST):
+        path = Path(out) / name
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            raise NotOurFile(not_ours(path))
+
+
 def write_output(path: Path, data: bytes, append: bool = False):
     """Every file the batch writes goes through here. A new file, created exclusively (an existing
     file is never replaced), with the mode a plain open() gives (0666 less the umask); or, with
     `append`, data added to the end of the file in one os.write on an O_APPEND descriptor."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_EXCL)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_EXCL)
     fd = os.open(path, flags, 0o666)
     try:
         written = os.write(fd, data)
@@ -59,7 +98,7 @@ class OutputLock:
         self.fd = None
 
     def acquire(self) -> "OutputLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = open_own(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -100,7 +139,7 @@ def append_record(out: Path, record: dict):
     ended first, so the new record stands on a line of its own; processes of one run take turns."""
     path = Path(out) / MANIFEST
     line = (json.dumps(record) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = open_own(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # the processes of one run (`accelerate launch`) take turns
         size = os.fstat(fd).st_size

@@ -46,3 +46,30 @@ def test_the_outputs_own_manifest_as_the_jobs_file_is_refused_at_once(tmp_path):
     assert run.returncode == 2
     assert f"jobs file {str(jobs)!r} is inside --out {str(out)!r}" in error_line(run.stderr)
     assert jobs.read_text().count("\n") == 1  # nothing appended to it
+
+
+def planted(out: Path, name: str, how: str, target: Path):
+    "out/<name> as a symbolic link or a hard link to `target`, or as a folder."
+    out.mkdir(exist_ok=True)
+    if how == "symlink":
+        os.symlink(target, out / name)
+    elif how == "hardlink":
+        os.link(target, out / name)
+    else:
+        (out / name).mkdir()
+
+
+@pytest.mark.parametrize("name", [".lock", "manifest.jsonl"])
+@pytest.mark.parametrize("how", ["symlink", "hardlink", "folder"])
+def test_a_lock_or_manifest_planted_in_out_is_refused_and_nothing_outside_is_written(tmp_path, cli_with_tiny_model, capsys,
+                                                                                    name, how):
+    jobs = write_lines(tmp_path / "jobs.jsonl", job_lines(tmp_path, 1))
+    users = tmp_path / "users-file.txt"
+    users.write_text("precious\n")
+    out = tmp_path / "out"
+    planted(out, name, how, users)
+    assert batch(jobs, out) == 2
+    assert f"{str(out / name)!r} is not a plain file of this output folder" in error_line(capsys.readouterr().err)
+    assert users.read_text() == "precious\n"
+    assert cli_with_tiny_model == []  # refused before the model loads
+    assert sorted(p.name for p in out.iterdir()) == [name]
