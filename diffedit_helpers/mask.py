@@ -38,6 +38,9 @@ from .images import MAX_PIXELS, read_picture, value_scale
 from .noising import add_noise, draw_noise, predict_noise, timestep_at
 
 
+DRAWS_AT_ONCE = 256  # noise draws held in memory at once: the map of more is summed chunk by chunk
+
+
 @torch.no_grad()
 def noise_difference(model, latents, source_emb, target_emb, scheduler, n_noise=10, strength=0.5,
                      generator=None, batch_size=32) -> torch.Tensor:
@@ -45,16 +48,29 @@ def noise_difference(model, latents, source_emb, target_emb, scheduler, n_noise=
 
     latents: (1, C, h, w) clean image latents. source_emb, target_emb: (1, L, D).
     Returns the raw (unnormalised) map, (h, w) float32.
-    The 2n UNet evaluations run in batches of at most `batch_size` samples.
+    The draws are taken DRAWS_AT_ONCE at a time (the same noise as drawing them all at once), so memory
+    does not grow with n_noise; the 2n UNet evaluations of a chunk run in batches of at most `batch_size` samples.
     """
     t = timestep_at(scheduler, strength)
-    noise = draw_noise((n_noise, *latents.shape[1:]), generator, latents.device, latents.dtype)  # (n, C, h, w)
-    noisy = add_noise(scheduler, latents.expand(n_noise, -1, -1, -1), noise, t)  # (n, C, h, w)
+    means = []  # (draws, their (h, w) mean) of each chunk
+    for first in range(0, n_noise, DRAWS_AT_ONCE):
+        n = min(DRAWS_AT_ONCE, n_noise - first)
+        noise = draw_noise((n, *latents.shape[1:]), generator, latents.device, latents.dtype)  # (n, C, h, w)
+        means.append((n, _difference_mean(model, latents, noise, source_emb, target_emb, scheduler, t, batch_size)))
+    if len(means) == 1:
+        return means[0][1]
+    return sum(n * m for n, m in means) / n_noise  # (h, w)
+
+
+def _difference_mean(model, latents, noise, source_emb, target_emb, scheduler, t, batch_size) -> torch.Tensor:
+    "Mean over the draws of `noise` (n, C, h, w) and the channels of |eps_target - eps_source|: (h, w) float32."
+    n = noise.shape[0]
+    noisy = add_noise(scheduler, latents.expand(n, -1, -1, -1), noise, t)  # (n, C, h, w)
     # every noisy sample once with each prompt: (2n, C, h, w) and (2n, L, D)
     x = torch.cat([noisy, noisy])
-    emb = torch.cat([source_emb.expand(n_noise, -1, -1), target_emb.expand(n_noise, -1, -1)])
+    emb = torch.cat([source_emb.expand(n, -1, -1), target_emb.expand(n, -1, -1)])
     preds = torch.cat([predict_noise(model, x[i : i + batch_size], t, emb[i : i + batch_size])
-                       for i in range(0, 2 * n_noise, batch_size)])
+                       for i in range(0, 2 * n, batch_size)])
     src, tgt = preds.float().chunk(2)  # (n, C, h, w) each
     return (tgt - src).abs().mean(dim=(0, 1))  # (h, w)
 

@@ -73,3 +73,42 @@ def test_a_lock_or_manifest_planted_in_out_is_refused_and_nothing_outside_is_wri
     assert users.read_text() == "precious\n"
     assert cli_with_tiny_model == []  # refused before the model loads
     assert sorted(p.name for p in out.iterdir()) == [name]
+
+
+def scene_png(tmp_path: Path, name: str = "in.png") -> Path:
+    job_lines(tmp_path, 1)
+    return (tmp_path / "scene0.png").rename(tmp_path / name)
+
+
+@pytest.mark.parametrize("n", ["40000", str(2**70)])
+def test_n_noise_past_its_bound_is_refused_before_the_model_loads(tmp_path, cli_with_tiny_model, capsys, n):
+    image = scene_png(tmp_path)
+    assert main(["edit", str(image), "--source", "a", "--target", "b", "--out", str(tmp_path / "o"), "--n-noise", n]) == 2
+    assert error_line(capsys.readouterr().err) == f"error: --n-noise: n_noise must be an integer in [1, 1000] (noise draws, two UNet samples each), got {n}"
+    assert cli_with_tiny_model == []
+
+
+def test_the_mask_draws_its_noise_in_chunks_and_gets_the_same_map(tiny_model, monkeypatch):
+    "Memory does not grow with n_noise: no more than DRAWS_AT_ONCE draws are held, and the map is the same."
+    import torch
+
+    import diffedit_helpers.mask as mask_module
+    from diffedit_helpers.edit import encode_inputs
+    from diffedit_helpers.noising import make_scheduler
+    from diffedit_helpers.world.shapes import horse_scene, render
+
+    x0, src, tgt, _ = encode_inputs(tiny_model, render(horse_scene())[0], "a brown horse on grass", "a zebra on grass")
+    scheduler = make_scheduler(tiny_model, 10)
+
+    def raw(n, generator_seed=5):
+        return mask_module.noise_difference(tiny_model, x0, src, tgt, scheduler, n, 0.5,
+                                            torch.Generator().manual_seed(generator_seed), batch_size=4)
+
+    whole = raw(7)
+    drawn = []
+    real_draw = mask_module.draw_noise
+    monkeypatch.setattr(mask_module, "draw_noise", lambda shape, *a: drawn.append(shape[0]) or real_draw(shape, *a))
+    monkeypatch.setattr(mask_module, "DRAWS_AT_ONCE", 3)
+    chunked = raw(7)
+    assert drawn == [3, 3, 1]
+    assert chunked.shape == whole.shape and torch.allclose(chunked, whole, rtol=1e-5, atol=1e-6)
