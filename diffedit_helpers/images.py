@@ -230,43 +230,130 @@ class FetchError(OSError):
 
 def fetch_url(url: str, deadline_s: float | None = None, max_bytes: int | None = None) -> bytes:
     """The bytes an http(s) URL serves (standard library only), within `deadline_s` seconds for the
-    whole fetch (however slowly the server sends; default FETCH_SECONDS) and at most `max_bytes`
-    (default FETCH_BYTES; refused from the
-    Content-Length header, else as soon as the data passes it). Redirects are followed only to
-    http(s). FetchError says what went wrong; urllib's HTTPError (a status) and URLError pass through."""
+    whole fetch: connecting, the headers, every redirect and the body, however slowly the server
+    sends (default FETCH_SECONDS; `FetchDeadline`), and at most `max_bytes` (default FETCH_BYTES;
+    refused from the Content-Length header, else as soon as the data passes it). A body shorter
+    than its Content-Length is refused. Redirects are followed only to http(s). FetchError says
+    what went wrong; urllib's HTTPError (a status) and URLError pass through."""
     import http.client
-    import time
     import urllib.request
 
     deadline_s = FETCH_SECONDS if deadline_s is None else deadline_s
     max_bytes = FETCH_BYTES if max_bytes is None else max_bytes
-    end = time.monotonic() + deadline_s
-    opener = urllib.request.build_opener(_redirect_handler())
+    deadline = FetchDeadline(deadline_s)
+    opener = urllib.request.build_opener(_redirect_handler(), *deadline.handlers())
     request = urllib.request.Request(url, headers={"User-Agent": "diffedit-lab"})
     try:
         with opener.open(request, timeout=deadline_s) as response:
             declared = response.headers.get("Content-Length")
             if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
                 raise FetchError(f"it is {int(declared):,} bytes, over the limit of {max_bytes:,}")
-            return _read_within(response, end, deadline_s, max_bytes)
-    except http.client.IncompleteRead as e:
-        raise FetchError("the server closed the connection before the end of its answer") from e
-    except http.client.HTTPException as e:
-        raise FetchError(f"the server's answer is broken ({type(e).__name__})") from e
-    except TimeoutError as e:
-        raise FetchError(f"no answer within {deadline_s:g} s") from e
+            data = _read_within(response, deadline, max_bytes)
+            if getattr(response, "length", None):  # bytes its Content-Length announced that never came
+                raise FetchError(f"the server closed the connection {response.length:,} bytes before the end its "
+                                 f"Content-Length announced ({len(data):,} bytes came)")
+            return data
+    except FetchError:
+        raise
+    except (http.client.HTTPException, OSError) as e:
+        if deadline.expired or isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+            raise FetchError(f"not finished within {deadline_s:g} s") from e
+        if isinstance(e, http.client.IncompleteRead):
+            raise FetchError("the server closed the connection before the end of its answer") from e
+        if isinstance(e, http.client.HTTPException):
+            raise FetchError(f"the server's answer is broken ({type(e).__name__})") from e
+        raise
+    finally:
+        deadline.cancel()
 
 
-def _read_within(response, end: float, deadline_s: float, max_bytes: int) -> bytes:
+class FetchDeadline:
+    """One deadline over a whole fetch. Every connection the fetch opens (one per redirect) connects
+    within the time left, and when the deadline passes a timer shuts them all down, so that no
+    server, however slowly it sends its headers or its body, holds a fetch past it."""
+
+    def __init__(self, seconds: float):
+        import threading
+        import time
+
+        self.seconds, self.end, self.expired = seconds, time.monotonic() + seconds, False
+        self._sockets, self._lock = [], threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def left(self) -> float:
+        "Seconds left; TimeoutError when none are."
+        import time
+
+        left = self.end - time.monotonic()
+        if left <= 0 or self.expired:
+            raise TimeoutError(f"not finished within {self.seconds:g} s")
+        return left
+
+    def watch(self, sock):
+        "Shut `sock` down when the deadline passes (at once if it has)."
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self):
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def cancel(self):
+        self._timer.cancel()
+
+    def handlers(self) -> tuple:
+        "urllib handlers for http and https whose connections keep to this deadline."
+        import urllib.request
+
+        deadline = self
+
+        def timed(connection_class):
+            class Timed(connection_class):
+                def connect(self):
+                    self.timeout = deadline.left()
+                    super().connect()
+                    deadline.watch(self.sock)
+
+            return Timed
+
+        class HTTP(urllib.request.HTTPHandler):
+            def do_open(self, http_class, req, **kwargs):
+                return super().do_open(timed(http_class), req, **kwargs)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def do_open(self, http_class, req, **kwargs):
+                return super().do_open(timed(http_class), req, **kwargs)
+
+        return HTTP(), HTTPS()
+
+
+def _shut(sock):
+    import socket
+
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _read_within(response, deadline: FetchDeadline, max_bytes: int) -> bytes:
     "Read a response chunk by chunk until its end, the deadline or the size limit."
-    import time
-
     chunks, size = [], 0
     while True:
-        if time.monotonic() > end:
-            raise FetchError(f"not finished within {deadline_s:g} s ({size:,} bytes so far)")
+        try:
+            deadline.left()
+        except TimeoutError:
+            raise FetchError(f"not finished within {deadline.seconds:g} s ({size:,} bytes so far)") from None
         chunk = response.read1(1 << 16)
         if not chunk:
+            if deadline.expired:
+                raise FetchError(f"not finished within {deadline.seconds:g} s ({size:,} bytes so far)")
             return b"".join(chunks)
         size += len(chunk)
         if size > max_bytes:

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 from test_batch import CLI_FAST, command_env, job_lines
+from test_inputs_as_meant import answer, image, serve  # noqa: F401 - the server fixture and the picture it serves
+
+import diffedit_helpers.images as images
 
 from diffedit_helpers.cli import main
 
@@ -112,3 +115,40 @@ def test_the_mask_draws_its_noise_in_chunks_and_gets_the_same_map(tiny_model, mo
     chunked = raw(7)
     assert drawn == [3, 3, 1]
     assert chunked.shape == whole.shape and torch.allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def drip_headers(request):
+    "A status line, then headers one byte every 0.1 s (at most 100 of them)."
+    request.wfile.write(b"HTTP/1.1 200 OK\r\n")
+    for byte in b"X-Slow: " + b"x" * 92:
+        try:
+            request.wfile.write(bytes([byte]))
+            request.wfile.flush()
+        except OSError:
+            return
+        time.sleep(0.1)
+
+
+def slow_redirect(request):
+    "Wait 0.4 s, then redirect to the next of /r1 ... /r9, then to the picture."
+    time.sleep(0.4)
+    n = int(request.path.strip("/r") or 0) + 1
+    request.send_response(302)
+    request.send_header("Location", f"/r{n}" if n < 10 else "/ok.png")
+    request.send_header("Content-Length", "0")
+    request.end_headers()
+
+
+@pytest.mark.parametrize("handler", [drip_headers, slow_redirect])
+def test_one_deadline_covers_the_headers_and_every_redirect(serve, handler):
+    start = time.monotonic()
+    with pytest.raises(images.FetchError, match=r"^not finished within 1 s"):
+        images.fetch_url(serve(handler) + "/r0", deadline_s=1.0)
+    assert time.monotonic() - start < 2.5
+
+
+def test_a_body_shorter_than_its_content_length_is_refused(serve):
+    short = answer(200, {"Content-Length": "1000"}, b"x" * 10)
+    with pytest.raises(images.ImageInputError, match=r"the server closed the connection 990 bytes before the end its "
+                                                     r"Content-Length announced \(10 bytes came\)"):
+        images.to_rgb(serve(short) + "/a.png")
