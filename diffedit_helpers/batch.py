@@ -13,7 +13,7 @@ strength, negative_prompt), and win over the command line's options; seed defaul
 name: letters, digits, ".", "_", "-") names the job's folder, which otherwise is the start of the
 job's key; mask is a mask file to edit inside. The file is read as a stream (`jobs`).
 
-A job is what it does (`jobs.job_key`): a rerun skips the jobs whose key the manifest records as
+A job is what it does under its id (`jobs.job_key`): a rerun skips the jobs whose key the manifest records as
 done, wherever their lines now stand, and runs every job that is new or changed (--retry-failed
 also runs the failed ones again). One run writes into DIR at a time (`manifest.OutputLock`); a
 second says who holds it. Each job writes DIR/<name>/edited.png, mask.png and job.json (into a
@@ -72,7 +72,7 @@ def prepare_job(job: Job, config: DiffEditConfig, seed: int, base: Path, model, 
     except ValueError as e:
         job.error = str(e)
         return None, line_key(job)
-    return args, job_key(args, model_identity(model), fit)
+    return args, job_key(args, model_identity(model), fit, job.id)
 
 
 def run_job(model, job: Job, args: dict, key: str, out: Path, fit: str, rank: int) -> dict:

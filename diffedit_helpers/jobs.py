@@ -1,11 +1,12 @@
 """The jobs of a `batch` run: a JSON-lines file read as a stream, each line checked into the
 arguments of one `diffedit` call, and each job's identity, its key.
 
-A job is what it does: its key is a hash of its input (the image and mask files' contents, or
-their URLs), prompts, settings, seed, model and fit; never its line number. Moving a line, or
-inserting one above it, leaves its key (and so its finished result) as it was; changing what it
-does gives a new key, so it runs again. A job's folder is its `id` when the line gives one, else
-the start of its key.
+A job is what it does and the name it is given: its key is a hash of its input (the image and
+mask files' contents, or their URLs), prompts, settings, seed, model, fit and its `id` when the
+line gives one; never its line number. Moving a line, or inserting one above it, leaves its key
+(and so its finished result) as it was; changing what it does, or its id, gives a new key, so it
+runs again (two ids doing the same work get a folder and a record each). A job's folder is its
+`id` when the line gives one, else the start of its key.
 """
 
 from __future__ import annotations
@@ -180,11 +181,13 @@ def input_identity(name: str | None):
         return {"path": str(path)}
 
 
-def job_key(args: dict, model: str, fit: str) -> str:
-    "The job's identity (64 hex digits): input, prompts, settings, seed, model and fit."
+def job_key(args: dict, model: str, fit: str, name: str | None = None) -> str:
+    "The job's identity (64 hex digits): input, prompts, settings, seed, model, fit and the id it is given (`name`)."
     what = dict(image=input_identity(args["image"]), mask=input_identity(args["mask"]), source=args["source_prompt"],
                 target=args["target_prompt"], settings=args["config"].to_dict(), negative_prompt=args["negative_prompt"],
                 seed=args["seed"], model=str(model), fit=fit)
+    if name is not None:  # the job's folder: the same work under two ids is two jobs (a line without one keeps its key)
+        what["id"] = name
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 

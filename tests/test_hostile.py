@@ -152,3 +152,32 @@ def test_a_body_shorter_than_its_content_length_is_refused(serve):
     with pytest.raises(images.ImageInputError, match=r"the server closed the connection 990 bytes before the end its "
                                                      r"Content-Length announced \(10 bytes came\)"):
         images.to_rgb(serve(short) + "/a.png")
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_two_ids_doing_the_same_work_each_get_their_folder_and_record(tmp_path, cli_with_tiny_model, capsys):
+    line = json.loads(job_lines(tmp_path, 1)[0])
+    jobs = write_lines(tmp_path / "jobs.jsonl", [json.dumps(dict(line, id=i)) for i in ("A", "B")])
+    out = tmp_path / "out"
+    assert batch(jobs, out) == 0
+    assert "2 of 2 jobs done" in capsys.readouterr().out
+    for name in ("A", "B"):
+        assert sorted(p.name for p in (out / name).iterdir()) == ["edited.png", "job.json", "mask.png"]
+    assert sorted(r["id"] for r in records(out) if r["status"] == "ok") == ["A", "B"]
+    assert (out / "A" / "edited.png").read_bytes() == (out / "B" / "edited.png").read_bytes()  # the same work
+
+
+def test_a_finished_job_renamed_before_a_rerun_gets_its_folder(tmp_path, cli_with_tiny_model, capsys):
+    line = json.loads(job_lines(tmp_path, 1)[0])
+    jobs, out = tmp_path / "jobs.jsonl", tmp_path / "out"
+    write_lines(jobs, [json.dumps(dict(line, id="first"))])
+    assert batch(jobs, out) == 0
+    write_lines(jobs, [json.dumps(dict(line, id="renamed"))])
+    capsys.readouterr()
+    assert batch(jobs, out) == 0
+    assert "1 of 1 jobs done" in capsys.readouterr().out
+    assert (out / "renamed" / "edited.png").is_file() and (out / "first" / "edited.png").is_file()
+    assert [r["id"] for r in records(out)] == ["first", "renamed"]
