@@ -24,6 +24,7 @@ JOB_KEYS = ("image", "source", "target", "settings", "seed", "id", "mask")
 CONFIG_FIELDS = tuple(f.name for f in fields(DiffEditConfig))
 SETTING_NAMES = (*CONFIG_FIELDS, "negative_prompt", *DIFFUSERS_NAMES)
 SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes
+MAX_LINE_BYTES = 1 << 20  # a job's line: a JSON object of paths, prompts and settings, far shorter than this
 KEY_CHARS = 12  # the part of a key that names a job's folder when the line gives no id
 # names a job's folder can never take: the files of the output folder itself, and the device names some systems reserve
 RESERVED_IDS = frozenset({"manifest.jsonl", "con", "prn", "aux", "nul", *(f"{p}{i}" for p in ("com", "lpt") for i in range(10))})
@@ -63,16 +64,28 @@ def check_jobs_file(path) -> Path:
 
 def iter_jobs(path: Path):
     """Each non-blank line of a JSON-lines file as a Job, in order, read as a stream (one line in
-    memory at a time). A UTF-8 byte-order mark before line 1 is skipped. A line that is not UTF-8,
-    not a JSON object, or whose id is bad or given to an earlier line, is a Job with its `error`."""
+    memory at a time, at most MAX_LINE_BYTES of it). A UTF-8 byte-order mark before line 1 is
+    skipped. A line that is too long, not UTF-8, not a JSON object, or whose id is bad or given
+    to an earlier line, is a Job with its `error`."""
     ids: dict[str, int] = {}  # explicit id -> the line that gave it first
     with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, start=1):
+        for n, raw in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                skip_line(fh)
+                yield Job(line=n, error=f"line {n} is longer than the limit of {MAX_LINE_BYTES:,} bytes (a job is a short "
+                                        f"JSON object); skipped")
+                continue
             if n == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
             if not raw.strip():
                 continue
             yield parse_line(raw, n, path, ids)
+
+
+def skip_line(fh):
+    "Read past the rest of the current line, a chunk at a time."
+    while (chunk := fh.readline(1 << 16)) and not chunk.endswith(b"\n"):
+        pass
 
 
 def parse_line(raw: bytes, n: int, path: Path, ids: dict) -> Job:

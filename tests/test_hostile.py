@@ -181,3 +181,26 @@ def test_a_finished_job_renamed_before_a_rerun_gets_its_folder(tmp_path, cli_wit
     assert "1 of 1 jobs done" in capsys.readouterr().out
     assert (out / "renamed" / "edited.png").is_file() and (out / "first" / "edited.png").is_file()
     assert [r["id"] for r in records(out)] == ["first", "renamed"]
+
+
+def test_a_line_past_the_length_limit_is_skipped_naming_it_and_never_held_whole(tmp_path, cli_with_tiny_model, capsys):
+    import tracemalloc
+
+    from diffedit_helpers.jobs import MAX_LINE_BYTES, iter_jobs
+
+    jobs = write_lines(tmp_path / "jobs.jsonl", job_lines(tmp_path, 1))
+    with open(jobs, "ab") as fh:
+        fh.write(b'{"image": "' + b"x" * (20 * MAX_LINE_BYTES))  # 20 MB and no newline
+    tracemalloc.start()
+    try:
+        found = list(iter_jobs(jobs))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MAX_LINE_BYTES
+    assert [(j.line, j.error) for j in found] == [
+        (1, None), (2, f"line 2 is longer than the limit of {MAX_LINE_BYTES:,} bytes (a job is a short JSON object); skipped")]
+    assert batch(jobs, tmp_path / "out") == 1
+    captured = capsys.readouterr()
+    assert "error: line 2: ValueError: line 2 is longer than the limit" in captured.err
+    assert "1 of 2 jobs done" in captured.out
