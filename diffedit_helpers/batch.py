@@ -39,7 +39,8 @@ from pathlib import Path
 
 from .config import ConfigError, DiffEditConfig, config_from_args, with_option
 from .jobs import Job, check_jobs_file, folder_name, iter_jobs, job_arguments, job_key, line_key, SEED_RANGE
-from .manifest import MANIFEST, OUTPUTS, check_own_files, OutputFolderBusy, OutputLock, append_record, place_job, read_manifest, reconcile
+from .manifest import (MANIFEST, OUTPUTS, ManifestError, OutputFolderBusy, OutputLock, append_record, check_own_files,
+                       place_job, read_manifest, reconcile)
 from .outputs import check_out_folder, same_file
 
 INTERRUPTED = 130  # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
@@ -265,8 +266,11 @@ def _run(args, jobs_path: Path, out: Path, state) -> int:
                   f"mask {100 * record['mask_coverage']:.1f} %", flush=True)
 
     config = config_from_args(args, DiffEditConfig.for_model(model))  # the options over the model's own defaults
-    run = run_jobs(model, iter_jobs(jobs_path), out, config, args.seed, jobs_path.parent, args.fit,
-                   state.process_index, state.num_processes, args.retry_failed, report)
+    try:
+        run = run_jobs(model, iter_jobs(jobs_path), out, config, args.seed, jobs_path.parent, args.fit,
+                       state.process_index, state.num_processes, args.retry_failed, report)
+    except ManifestError as err:  # a full disk: the next run adopts the job folder whose record was not written
+        return command_error(err)
     total, failed = gather_outcome(run, state)  # every process's: the main one releases the lock only after all are done
     if state.is_main_process:
         print(f"{total - len(failed)} of {total} jobs done in {out}/ ({MANIFEST})"

@@ -77,13 +77,20 @@ def check_own_files(out: Path):
 def write_output(path: Path, data: bytes, append: bool = False):
     """Every file the batch writes goes through here. A new file, created exclusively (an existing
     file is never replaced), with the mode a plain open() gives (0666 less the umask); or, with
-    `append`, data added to the end of the file in one os.write on an O_APPEND descriptor."""
+    `append`, data added to the end of the file in one os.write on an O_APPEND descriptor, the file
+    cut back to its old length if that fails. Never through a link."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_EXCL)
     fd = os.open(path, flags, 0o666)
     try:
-        written = os.write(fd, data)
-        if written != len(data):
-            raise OSError(f"short write to {str(path)!r}: {written} of {len(data)} bytes")
+        start = os.fstat(fd).st_size if append else 0
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"short write to {str(path)!r}: {written} of {len(data)} bytes")
+        except OSError:
+            if append:  # a failed append is undone (the caller holds the file's lock): no torn line
+                os.ftruncate(fd, start)
+            raise
     finally:
         os.close(fd)
 
@@ -134,20 +141,30 @@ def holder_text(data: bytes) -> str:
 
 
 # ----------------------------------------------------------------------------- records
+class ManifestError(OSError):
+    "A record could not be appended (a full disk, say); the manifest is left as it was."
+
+
 def append_record(out: Path, record: dict):
     """Append one record to the manifest as a whole line. A torn last line (a killed run) is
-    ended first, so the new record stands on a line of its own; processes of one run take turns."""
+    ended first, so the new record stands on a line of its own; processes of one run take turns.
+    A write that fails or is cut short (a full disk) is undone: ManifestError, the manifest as it was."""
     path = Path(out) / MANIFEST
     line = (json.dumps(record) + "\n").encode()
     fd = open_own(path, os.O_RDWR | os.O_CREAT)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # the processes of one run (`accelerate launch`) take turns
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the processes of one run (`accelerate launch`) take turns, until it is written
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line
+        write_output(path, line, append=True)
+    except OSError as e:
+        if isinstance(e, NotOurFile):
+            raise
+        raise ManifestError(f"could not append to {str(path)!r} ({e.strerror or e}); it is kept as it was: free "
+                            f"some space and run again") from None
     finally:
         os.close(fd)
-    write_output(path, line, append=True)
 
 
 def iter_records(out: Path):

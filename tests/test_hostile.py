@@ -204,3 +204,33 @@ def test_a_line_past_the_length_limit_is_skipped_naming_it_and_never_held_whole(
     captured = capsys.readouterr()
     assert "error: line 2: ValueError: line 2 is longer than the limit" in captured.err
     assert "1 of 2 jobs done" in captured.out
+
+
+# ----------------------------------------------------------------------------- medium
+def test_a_full_disk_during_the_manifest_append_is_one_line_and_leaves_no_torn_line(tmp_path, cli_with_tiny_model,
+                                                                                   capsys, monkeypatch):
+    import diffedit_helpers.manifest as manifest_module
+
+    jobs = write_lines(tmp_path / "jobs.jsonl", job_lines(tmp_path, 2))
+    out = tmp_path / "out"
+    assert batch(jobs, out, "--seed", "0") == 0
+    before = (out / "manifest.jsonl").read_bytes()
+    write_lines(jobs, job_lines(tmp_path, 3))  # one new job
+    real_write = os.write
+
+    def disk_full(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("manifest.jsonl"):
+            real_write(fd, data[: len(data) // 2])  # a part lands, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(manifest_module.os, "write", disk_full)
+    capsys.readouterr()
+    assert batch(jobs, out) == 2
+    monkeypatch.setattr(manifest_module.os, "write", real_write)
+    assert error_line(capsys.readouterr().err) == (f"error: could not append to {str(out / 'manifest.jsonl')!r} (No space "
+                                                   f"left on device); it is kept as it was: free some space and run again")
+    assert (out / "manifest.jsonl").read_bytes() == before
+    assert batch(jobs, out) == 0  # the next run adopts the folder whose record was not written
+    assert "3 of 3 jobs done" in capsys.readouterr().out
+    assert len(records(out)) == 3
