@@ -187,15 +187,21 @@ def is_complete(out: Path, name) -> bool:
     return isinstance(name, str) and all((Path(out) / name / f).is_file() for f in (*OUTPUTS, RECORD))
 
 
+def holds(out: Path, name, key: str) -> bool:
+    "True if out/<name> is the finished folder of the job `key`: both pictures, and its record (job.json) with that key."
+    record = folder_record(out, name) if isinstance(name, str) else None
+    return record is not None and record["key"] == key and is_complete(out, name)
+
+
 def read_manifest(out: Path) -> dict:
-    """{key: record}: each job's record. A finished job (status ok, its folder complete) keeps its
-    record whatever comes after it; otherwise the latest record counts."""
+    """{key: record}: each job's record. A finished job (status ok, its folder complete and holding
+    its record) keeps its record whatever comes after it; otherwise the latest record counts."""
     records = {}
     for record in iter_records(out):
         prior = records.get(record["key"])
-        if prior is None or not (prior.get("status") == "ok" and is_complete(out, prior.get("id"))):
+        if prior is None or not (prior.get("status") == "ok" and holds(out, prior.get("id"), prior["key"])):
             records[record["key"]] = record
-    return {k: r for k, r in records.items() if r.get("status") != "ok" or is_complete(out, r.get("id"))}
+    return {k: r for k, r in records.items() if r.get("status") != "ok" or holds(out, r.get("id"), k)}
 
 
 # ----------------------------------------------------------------------------- what is on disk
@@ -231,9 +237,10 @@ def folder_record(out: Path, name: str) -> dict | None:
 
 def place_job(out: Path, name: str, files: dict, record: dict) -> str:
     """Write a finished job's `files` ({file name: bytes}) and its record into a staging folder,
-    then rename it to out/<name>. Returns "new", or "same" when out/<name> already holds this job
-    (same key: another process of the run finished it). FileExistsError when out/<name> is
-    anything else; the staging folder is removed on any failure."""
+    then rename it to out/<name>. Returns "new"; "same" when out/<name> already holds this job
+    (same key: another process of the run finished it); "redone" when it held this job's record
+    but had lost a file (it is replaced). FileExistsError, saying why and what to remove, when
+    out/<name> is anything else; the staging folder is removed on any failure."""
     out = Path(out)
     staging = out / f".{name}{PARTIAL}{os.getpid()}-{next(_counter)}"
     os.mkdir(staging)  # the mode a plain mkdir gives (0777 less the umask)
@@ -244,12 +251,33 @@ def place_job(out: Path, name: str, files: dict, record: dict) -> str:
         final = out / name
         if final.exists() or final.is_symlink():
             existing = folder_record(out, name)
-            if existing is not None and existing["key"] == record["key"] and is_complete(out, name):
+            if existing is None or existing["key"] != record["key"]:
+                raise FileExistsError(f"{str(final)!r} exists and is not this job's folder ({not_this_job(out, name)}); "
+                                      f"remove it and run again with --retry-failed to redo this job, or give this job another id")
+            if is_complete(out, name):
                 return "same"
-            raise FileExistsError(f"{str(final)!r} exists and is not this job's folder (another job's, or not one of "
-                                  f"ours); give this job another id, or choose a new --out")
+            stale = out / f".{name}{PARTIAL}{os.getpid()}-{next(_counter)}"
+            os.rename(final, stale)  # this job's own folder, a file of it lost: redone (a kill here leaves a staging folder)
+            os.rename(staging, final)
+            shutil.rmtree(stale, ignore_errors=True)
+            return "redone"
         os.rename(staging, final)
         return "new"
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def not_this_job(out: Path, name: str) -> str:
+    "Why out/<name>, in the way of a job, is not that job's folder."
+    path = Path(out) / name / RECORD
+    if not path.is_file():
+        return f"it has no {RECORD}"
+    record = folder_record(out, name)
+    if record is None:
+        try:
+            other = json.loads(path.read_text(encoding="utf-8")).get("id")
+        except (OSError, ValueError, AttributeError):
+            return f"its {RECORD} is damaged"
+        return f"its {RECORD} is job {other!r}'s" if isinstance(other, str) else f"its {RECORD} is damaged"
+    return f"it holds job {record['id']!r} with other inputs or settings"

@@ -7,6 +7,7 @@ import errno
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -234,3 +235,46 @@ def test_a_full_disk_during_the_manifest_append_is_one_line_and_leaves_no_torn_l
     assert batch(jobs, out) == 0  # the next run adopts the folder whose record was not written
     assert "3 of 3 jobs done" in capsys.readouterr().out
     assert len(records(out)) == 3
+
+
+def finished_job(tmp_path, capsys, ids=("A",)):
+    "A batch run of one job per id (different work each); (jobs file, out)."
+    lines = [json.dumps(dict(json.loads(line), id=i)) for line, i in zip(job_lines(tmp_path, len(ids)), ids)]
+    jobs, out = write_lines(tmp_path / "jobs.jsonl", lines), tmp_path / "out"
+    assert batch(jobs, out) == 0
+    capsys.readouterr()
+    return jobs, out
+
+
+def test_a_finished_folder_that_lost_a_file_is_redone(tmp_path, cli_with_tiny_model, capsys):
+    jobs, out = finished_job(tmp_path, capsys)
+    whole = (out / "A" / "mask.png").read_bytes()
+    (out / "A" / "mask.png").unlink()
+    assert batch(jobs, out) == 0
+    assert "1 of 1 jobs done" in capsys.readouterr().out
+    assert (out / "A" / "mask.png").read_bytes() == whole
+    assert not [p for p in out.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.parametrize("damage, why", [("{not json", "its job.json is damaged"), (None, "it has no job.json")])
+def test_a_finished_folder_whose_record_is_damaged_says_what_to_remove(tmp_path, cli_with_tiny_model, capsys, damage, why):
+    jobs, out = finished_job(tmp_path, capsys)
+    record = out / "A" / "job.json"
+    record.write_text(damage) if damage is not None else record.unlink()
+    assert batch(jobs, out, "--retry-failed") == 1
+    assert (f"{str(out / 'A')!r} exists and is not this job's folder ({why}); remove it and run again with --retry-failed "
+            "to redo this job"
+            in capsys.readouterr().err)
+    shutil.rmtree(out / "A")  # as it says
+    assert batch(jobs, out, "--retry-failed") == 0 and (out / "A" / "edited.png").is_file()
+
+
+def test_swapped_job_folders_do_not_pass_as_done(tmp_path, cli_with_tiny_model, capsys):
+    jobs, out = finished_job(tmp_path, capsys, ids=("A", "B"))
+    (out / "A").rename(out / "swap")
+    (out / "B").rename(out / "A")
+    (out / "swap").rename(out / "B")
+    assert batch(jobs, out) == 1
+    err = capsys.readouterr().err
+    assert f"{str(out / 'A')!r} exists and is not this job's folder (its job.json is job 'B''s)" in err
+    assert f"{str(out / 'B')!r} exists and is not this job's folder (its job.json is job 'A''s)" in err
