@@ -278,3 +278,39 @@ def test_swapped_job_folders_do_not_pass_as_done(tmp_path, cli_with_tiny_model, 
     err = capsys.readouterr().err
     assert f"{str(out / 'A')!r} exists and is not this job's folder (its job.json is job 'B''s)" in err
     assert f"{str(out / 'B')!r} exists and is not this job's folder (its job.json is job 'A''s)" in err
+
+
+KILLED_WHILE_OVERWRITING = """
+import os, sys
+from pathlib import Path
+from PIL import Image
+import diffedit_helpers.outputs as outputs
+
+real = outputs._place
+
+def place_then_die(tmp, path, overwrite):
+    real(tmp, path, overwrite)
+    os._exit(9)  # kill -9 once the first file of the set is replaced
+
+outputs._place = place_then_die
+out = Path(sys.argv[1])
+outputs.save_all([(Image.new("RGB", (8, 8), "red"), out / name) for name in ("mask.png", "edited.png", "overview.png")],
+                 overwrite=True)
+"""
+
+
+def test_a_kill_during_overwrite_leaves_no_new_file_beside_an_old_one(tmp_path):
+    from PIL import Image
+
+    from diffedit_helpers.cli import OUTPUT_FILES, check_outputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in OUTPUT_FILES:
+        Image.new("RGB", (8, 8), "blue").save(out / name)
+    run = subprocess.run([sys.executable, "-c", KILLED_WHILE_OVERWRITING, str(out)], env=command_env(), timeout=60,
+                         capture_output=True, text=True)
+    assert run.returncode == -9 or run.returncode == 9, run.stderr
+    assert Image.open(out / "mask.png").getpixel((0, 0)) == (255, 0, 0)  # the new mask beside the old pictures
+    check_outputs(out, overwrite=False)  # the next run: the partly placed set is removed, and the folder is free
+    assert sorted(p.name for p in out.iterdir()) == []
