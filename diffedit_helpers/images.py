@@ -128,9 +128,17 @@ def _pil_to_rgb(im: Image.Image, name: str) -> Image.Image:
         return Image.alpha_composite(white, rgba).convert("RGB")
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(im).astype(np.float64)
-        hi, why = value_scale(im.mode, float(np.nanmax(arr)) if arr.size else 0.0)
-        warnings.warn(f"{name}: {im.mode} image scaled to 8 bits from the range [0, {hi:g}] ({why})", DiffEditWarning, stacklevel=4)
-        arr8 = np.clip(np.nan_to_num(arr) / hi * 255, 0, 255).round().astype(np.uint8)
+        if not np.isfinite(arr).all():
+            raise ImageInputError(f"{name}: {im.mode} image holds NaN or inf values; pass finite pixel values")
+        lo, peak = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        hi, why = value_scale(im.mode, peak)
+        if lo < 0:
+            warnings.warn(f"{name}: {im.mode} image holds values in [{lo:g}, {peak:g}]: scaled to 8 bits from the range "
+                          f"[0, {hi:g}], those below 0 clipped to black", DiffEditWarning, stacklevel=4)
+        else:
+            warnings.warn(f"{name}: {im.mode} image scaled to 8 bits from the range [0, {hi:g}] ({why})", DiffEditWarning,
+                          stacklevel=4)
+        arr8 = np.clip(arr / hi * 255, 0, 255).round().astype(np.uint8)
         return Image.fromarray(arr8).convert("RGB")
     return im.convert("RGB")
 

@@ -314,3 +314,29 @@ def test_a_kill_during_overwrite_leaves_no_new_file_beside_an_old_one(tmp_path):
     assert Image.open(out / "mask.png").getpixel((0, 0)) == (255, 0, 0)  # the new mask beside the old pictures
     check_outputs(out, overwrite=False)  # the next run: the partly placed set is removed, and the folder is free
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def tiff(tmp_path: Path, values, mode: str) -> Path:
+    "An 8x8 TIFF of `mode` ('F' float32, 'I' int32) holding one value everywhere."
+    import numpy as np
+    from PIL import Image
+
+    dtype = np.float32 if mode == "F" else np.int32
+    path = tmp_path / f"{mode}-{values}.tif"
+    Image.fromarray(np.full((8, 8), values, dtype=dtype), mode=mode).save(path)
+    return path
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_float_tiff_of_nan_or_inf_is_refused(tmp_path, value):
+    with pytest.raises(images.ImageInputError, match=r"^image: F image holds NaN or inf values; pass finite pixel values$"):
+        images.to_rgb(tiff(tmp_path, value, "F"))
+
+
+@pytest.mark.parametrize("value, mode", [(-5.0, "F"), (-100, "I")])
+def test_a_negative_tiff_warns_its_true_range(tmp_path, value, mode):
+    from diffedit_helpers.config import DiffEditWarning
+
+    with pytest.warns(DiffEditWarning, match=rf"^image: {mode} image holds values in \[{value:g}, {value:g}\]: scaled to 8 "
+                                             rf"bits from the range \[0, \d+\], those below 0 clipped to black$"):
+        assert images.to_rgb(tiff(tmp_path, value, mode)).getextrema() == ((0, 0),) * 3
