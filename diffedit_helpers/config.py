@@ -229,13 +229,14 @@ def check_kernel(name: str, value) -> int:
     return value
 
 
-def check_for_image(config: "DiffEditConfig", width: int, height: int, scale_factor: int | None = None):
+def check_for_image(config: "DiffEditConfig", width: int, height: int, scale_factor: int | None = None,
+                    kernels=("blur", "feather")):
     """The settings measured in pixels, against a width x height image: a blur or feather kernel
-    wider than the image, or a refinement window (refine_radius latent cells of `scale_factor`
-    pixels; skipped when None) wider than it, only flattens the map. Raises ConfigError."""
+    (those named in `kernels`) wider than the image, or a refinement window (refine_radius latent
+    cells of `scale_factor` pixels; skipped when None) wider than it, only flattens the map. Raises ConfigError."""
     side = max(width, height)
     largest_kernel = side if side % 2 else side - 1
-    for name in ("blur", "feather"):
+    for name in kernels:
         if getattr(config, name) > largest_kernel:
             raise ConfigError(name, f"{name}={getattr(config, name)} is wider than the {width}x{height} image; "
                                     f"use an odd kernel of at most {largest_kernel} pixels")

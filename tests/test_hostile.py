@@ -7,6 +7,7 @@ import errno
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -340,3 +341,16 @@ def test_a_negative_tiff_warns_its_true_range(tmp_path, value, mode):
     with pytest.warns(DiffEditWarning, match=rf"^image: {mode} image holds values in \[{value:g}, {value:g}\]: scaled to 8 "
                                              rf"bits from the range \[0, \d+\], those below 0 clipped to black$"):
         assert images.to_rgb(tiff(tmp_path, value, mode)).getextrema() == ((0, 0),) * 3
+
+
+def test_a_1x1_png_is_refused_for_its_size_not_for_the_default_feather(tmp_path, cli_with_tiny_model, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (1, 1), "white").save(tmp_path / "dot.png")
+    assert main(["edit", str(tmp_path / "dot.png"), "--source", "a", "--target", "b", "--out", str(tmp_path / "o")]) == 2
+    assert re.fullmatch(r"error: image is 1x1; this model needs at least (\d+)x\1 pixels",
+                        error_line(capsys.readouterr().err))
+    assert main(["edit", str(tmp_path / "dot.png"), "--source", "a", "--target", "b", "--out", str(tmp_path / "o"),
+                 "--feather", "5"]) == 2  # a feather the user gives is still checked before the model loads
+    assert error_line(capsys.readouterr().err).startswith("error: --feather: feather=5 is wider than the 1x1 image")
+    assert not (tmp_path / "o").exists()
