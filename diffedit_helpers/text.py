@@ -30,6 +30,11 @@ def check_prompt(name: str, prompt, allow_empty: bool = False) -> str:
         raise TypeError(f"{name} must be a string, got {type(prompt).__name__}")
     if not allow_empty and not prompt.strip():
         raise ValueError(f"{name} must be a non-empty string")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: how Python reads a byte of the command line that is not UTF-8
+        raise ValueError(f"{name} is not UTF-8 text (character {e.start + 1}, {prompt[e.start]!r}, stands for a byte that "
+                         f"is not UTF-8); pass the prompt as UTF-8") from None
     return prompt
 
 

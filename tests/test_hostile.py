@@ -354,3 +354,12 @@ def test_a_1x1_png_is_refused_for_its_size_not_for_the_default_feather(tmp_path,
                  "--feather", "5"]) == 2  # a feather the user gives is still checked before the model loads
     assert error_line(capsys.readouterr().err).startswith("error: --feather: feather=5 is wider than the 1x1 image")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_prompt_byte_that_is_not_utf8_is_refused_naming_the_option(tmp_path, cli_with_tiny_model, capsys):
+    image = scene_png(tmp_path)
+    target = os.fsdecode(b"a zebra \xff")  # how Python hands over a command-line byte that is not UTF-8
+    assert main(["edit", str(image), "--source", "a", "--target", target, "--out", str(tmp_path / "o")]) == 2
+    assert error_line(capsys.readouterr().err) == ("error: --target is not UTF-8 text (character 9, '\\udcff', stands for a "
+                                                   "byte that is not UTF-8); pass the prompt as UTF-8")
+    assert cli_with_tiny_model == []
