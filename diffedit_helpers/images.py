@@ -224,7 +224,20 @@ def from_url_or_tensor(image, name: str = "image", max_pixels: int = MAX_PIXELS,
         if image.shape[0] not in (1, 3, 4):
             raise ImageInputError(f"{name}: tensors must be channels-first, (C, H, W) with C in 1, 3, 4; got {tuple(image.shape)}")
         image = image.permute(1, 2, 0)
-    return image.detach().cpu().numpy()
+    return tensor_to_numpy(image, name)
+
+
+def tensor_to_numpy(tensor, name: str):
+    """A tensor's values as a numpy array on the CPU: bfloat16 (which numpy lacks) as float32; a tensor
+    on the meta device, which holds no values, refused naming the argument."""
+    import torch
+
+    if tensor.device.type == "meta":
+        raise ImageInputError(f"{name}: the tensor is on the meta device and holds no values; pass one on the CPU or a GPU")
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()  # every bfloat16 value is a float32 value
+    return tensor.cpu().numpy()
 
 
 FETCH_SECONDS = 60.0  # the whole fetch of one URL: connecting, the headers and every byte

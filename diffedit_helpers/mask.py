@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import DiffEditWarning, check_kernel, check_threshold
-from .images import MAX_PIXELS, read_picture, value_scale
+from .images import MAX_PIXELS, read_picture, tensor_to_numpy, value_scale
 from .noising import add_noise, draw_noise, predict_noise, timestep_at
 
 
@@ -201,7 +201,7 @@ def user_mask(mask, shape: tuple[int, int], name: str = "mask", original: tuple[
     if isinstance(mask, Image.Image):
         mask = mask_levels(mask, name)
     if isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy()
+        mask = tensor_to_numpy(mask, name)
     if not isinstance(mask, np.ndarray):
         raise TypeError(f"{name} must be a bool or float array, a PIL 'L' image or a path, got {type(mask).__name__}")
     sizes = {tuple(shape), tuple(original or shape)}

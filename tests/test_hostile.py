@@ -363,3 +363,40 @@ def test_a_prompt_byte_that_is_not_utf8_is_refused_naming_the_option(tmp_path, c
     assert error_line(capsys.readouterr().err) == ("error: --target is not UTF-8 text (character 9, '\\udcff', stands for a "
                                                    "byte that is not UTF-8); pass the prompt as UTF-8")
     assert cli_with_tiny_model == []
+
+
+def test_a_bfloat16_image_and_mask_are_taken_as_their_float32_values(tiny_model):
+    import numpy as np
+    import torch
+
+    from diffedit_helpers import DiffEditConfig, diffedit
+    from diffedit_helpers.world.shapes import horse_scene, render
+
+    picture = render(horse_scene())[0]
+    pixels = torch.from_numpy(np.array(picture)).permute(2, 0, 1).float() / 255  # (3, H, W) in [0, 1]
+    mask = torch.zeros(picture.height, picture.width)
+    mask[16:48, 16:48] = 1
+    config = DiffEditConfig(steps=4, n_noise=2)
+
+    def edit(image, m):
+        return diffedit(tiny_model, image, "a", "b", config, generator=torch.Generator().manual_seed(0), progress=False,
+                        mask=m)
+
+    result = edit(pixels.bfloat16(), mask.bfloat16())
+    expected = edit(pixels.bfloat16().float(), mask)
+    assert np.array_equal(result.mask, mask.numpy() > 0.5)
+    assert np.array_equal(np.asarray(result.image), np.asarray(expected.image))
+
+
+@pytest.mark.parametrize("which", ["image", "mask"])
+def test_a_meta_tensor_is_refused_naming_the_argument(tiny_model, which):
+    import torch
+
+    from diffedit_helpers import diffedit
+
+    image = torch.rand(3, 64, 64)
+    args = dict(image=torch.empty(3, 64, 64, device="meta") if which == "image" else image,
+                mask=torch.empty(64, 64, device="meta") if which == "mask" else None)
+    with pytest.raises(ValueError, match=rf"^{which}: the tensor is on the meta device and holds no values; pass one on "
+                                         r"the CPU or a GPU$"):
+        diffedit(tiny_model, source_prompt="a", target_prompt="b", progress=False, **args)
