@@ -400,6 +400,7 @@ def _redirect_handler():
 def _fetch_image(url: str, name: str, max_pixels: int, multiple: int) -> Image.Image:
     "Fetch an http(s) URL (`fetch_url`) and decode it, its size checked from the header first."
     import urllib.error
+    import urllib.request
 
     scheme = url.split("://", 1)[0].lower()
     if scheme not in URL_SCHEMES:
@@ -407,7 +408,10 @@ def _fetch_image(url: str, name: str, max_pixels: int, multiple: int) -> Image.I
     try:
         data = fetch_url(url)
     except urllib.error.HTTPError as e:
-        raise ImageInputError(f"{name}: {url!r} answered HTTP {e.code} ({e.reason})") from e
+        if 300 <= e.code < 400:  # urllib's own message for this spans three lines
+            raise ImageInputError(f"{name}: {url!r} redirects in a loop or more than "
+                                  f"{urllib.request.HTTPRedirectHandler.max_redirections} times (HTTP {e.code})") from e
+        raise ImageInputError(f"{name}: {url!r} answered HTTP {e.code} ({' '.join(str(e.reason).split())})") from e
     except FetchError as e:
         raise ImageInputError(f"{name}: could not fetch {url!r}: {e}") from e
     except (urllib.error.URLError, OSError) as e:

@@ -400,3 +400,12 @@ def test_a_meta_tensor_is_refused_naming_the_argument(tiny_model, which):
     with pytest.raises(ValueError, match=rf"^{which}: the tensor is on the meta device and holds no values; pass one on "
                                          r"the CPU or a GPU$"):
         diffedit(tiny_model, source_prompt="a", target_prompt="b", progress=False, **args)
+
+
+# ----------------------------------------------------------------------------- low
+def test_a_redirect_loop_is_one_line(serve):
+    loop = answer(302, {"Location": "/loop.png", "Content-Length": "0"})
+    with pytest.raises(images.ImageInputError) as caught:
+        images.to_rgb(serve(loop) + "/loop.png")
+    assert re.fullmatch(r"image: 'http://127.0.0.1:\d+/loop.png' redirects in a loop or more than 10 times \(HTTP 302\)",
+                        str(caught.value))
