@@ -265,7 +265,7 @@ def _run(args, jobs_path: Path, out: Path, state) -> int:
             print(f"[{state.process_index}/{state.num_processes}] {record['id']}: {record['seconds']:.2f} s, "
                   f"mask {100 * record['mask_coverage']:.1f} %", flush=True)
 
-    config = config_from_args(args, DiffEditConfig.for_model(model))  # the options over the model's own defaults
+    config = config_from_args(args, DiffEditConfig.for_model(model), quiet=True)  # the options over the model's own defaults
     try:
         run = run_jobs(model, iter_jobs(jobs_path), out, config, args.seed, jobs_path.parent, args.fit,
                        state.process_index, state.num_processes, args.retry_failed, report)

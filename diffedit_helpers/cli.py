@@ -11,6 +11,7 @@ inputs never, and every output is written whole or not at all (`outputs`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from pathlib import Path
@@ -118,7 +119,7 @@ def run_edit(image, source, target, out, args) -> Path:
     inputs = [f for f in (image, mask) if f is not None]
     fit = "resize" if args.size is not None and args.fit == "error" else args.fit
     model = load_model(args.model, device=device, dtype=dtype)
-    config = config_from_args(args, DiffEditConfig.for_model(model))  # Stable Diffusion's mask rule on an SD model
+    config = config_from_args(args, DiffEditConfig.for_model(model), quiet=True)  # Stable Diffusion's mask rule on an SD model
     gen = torch.Generator().manual_seed(args.seed)  # drawn on the CPU: the same noise on any device
     out = paths[0].parent
     if mask_only:  # step 1 alone: the map and the mask the edit would use
@@ -173,6 +174,15 @@ def print_warning(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def said_warnings():
+    "While a command runs, every warning is shown (`print_warning`); the program's own settings, put back when it returns."
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = print_warning
+        yield
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffedit_helpers", description="DiffEdit: edit the part of an image two prompts disagree on.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,11 +210,10 @@ def main(argv=None) -> int:
     if args.command == "batch":
         from .batch import main as batch_main
 
-        return batch_main(args)
+        with said_warnings():
+            return batch_main(args)
     try:
-        with warnings.catch_warnings():  # the program's own settings, put back when it returns
-            warnings.simplefilter("always")
-            warnings.showwarning = print_warning
+        with said_warnings():
             if args.command == "edit":
                 out = run_edit(args.image, args.source, args.target, args.out, args)
             else:

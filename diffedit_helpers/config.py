@@ -297,13 +297,17 @@ def given_settings(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name, None) is not None}
 
 
-def config_from_args(args: argparse.Namespace, base: DiffEditConfig | None = None) -> DiffEditConfig:
+def config_from_args(args: argparse.Namespace, base: DiffEditConfig | None = None, quiet: bool = False) -> DiffEditConfig:
     """The validated config the options ask for: `base`'s settings with the given options over
     them. `base` is the model's defaults (`DiffEditConfig.for_model(model)`); None takes the
     shapes world's, `DiffEditConfig()`, which also checks the options before a model is loaded.
-    A bad value raises ConfigError with the option's flag first."""
+    quiet: the options were checked by an earlier call, which said their warnings (an even blur
+    rounded up) once already. A bad value raises ConfigError with the option's flag first."""
     try:
-        return (base or DiffEditConfig()).replace(**given_settings(args)).validate()
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore", DiffEditWarning)
+            return (base or DiffEditConfig()).replace(**given_settings(args)).validate()
     except ConfigError as e:
         raise with_option(e) from None
 

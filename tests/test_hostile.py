@@ -409,3 +409,18 @@ def test_a_redirect_loop_is_one_line(serve):
         images.to_rgb(serve(loop) + "/loop.png")
     assert re.fullmatch(r"image: 'http://127.0.0.1:\d+/loop.png' redirects in a loop or more than 10 times \(HTTP 302\)",
                         str(caught.value))
+
+
+@pytest.mark.parametrize("command", ["edit", "batch"])
+def test_a_warning_about_an_option_is_said_once_as_one_line(tmp_path, cli_with_tiny_model, capsys, command):
+    image = scene_png(tmp_path)
+    out = tmp_path / "o"
+    if command == "edit":
+        argv = ["edit", str(image), "--source", "a brown horse", "--target", "a zebra", "--out", str(out)]
+    else:
+        jobs = write_lines(tmp_path / "jobs.jsonl", [json.dumps({"image": image.name, "source": "a", "target": "b"})])
+        argv = ["batch", str(jobs), "--out", str(out)]
+    assert main([*argv, *CLI_FAST, "--blur", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("blur=2 is even") == 1
+    assert "warning: blur=2 is even; rounded up to 3 (kernels must be odd)\n" in err
