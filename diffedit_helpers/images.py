@@ -64,10 +64,12 @@ def read_image_file(path: Path, name: str, max_pixels: int, multiple: int) -> Im
     mode = path.stat().st_mode
     if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a FIFO or a device would block or never end
         raise ImageInputError(f"{name}: {str(path)!r} is not a regular file (a pipe, socket or device); pass an image file")
+    kind = None  # the format PIL recognised: past this point a failure means a damaged file
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below if too large
             with Image.open(path) as im:
+                kind = im.format
                 check_not_huge(*im.size, name, max_pixels, multiple)
                 frames = getattr(im, "n_frames", 1)
                 im.load()
@@ -81,6 +83,9 @@ def read_image_file(path: Path, name: str, max_pixels: int, multiple: int) -> Im
     except ImageInputError:
         raise
     except (UnidentifiedImageError, OSError) as e:
+        if kind is not None:  # a truncated JPEG, say
+            detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise ImageInputError(f"{name}: {str(path)!r} is a damaged {kind} file ({detail})") from e
         raise ImageInputError(f"{name}: {str(path)!r} is not an image PIL can read ({type(e).__name__})") from e
     except (ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as e:  # damaged files fail in many ways
         detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""

@@ -424,3 +424,15 @@ def test_a_warning_about_an_option_is_said_once_as_one_line(tmp_path, cli_with_t
     err = capsys.readouterr().err
     assert err.count("blur=2 is even") == 1
     assert "warning: blur=2 is even; rounded up to 3 (kernels must be odd)\n" in err
+
+
+def test_a_truncated_jpeg_is_said_to_be_damaged(tmp_path):
+    from PIL import Image
+
+    whole = tmp_path / "whole.jpg"
+    Image.effect_noise((64, 64), 64).convert("RGB").save(whole, quality=95)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(images.ImageInputError, match=rf"^image: {re.escape(repr(str(cut)))} is a damaged JPEG file "
+                                                     r"\(image file is truncated"):
+        images.to_rgb(cut)
