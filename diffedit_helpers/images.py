@@ -145,6 +145,9 @@ def _pil_to_rgb(im: Image.Image, name: str) -> Image.Image:
                           stacklevel=4)
         arr8 = np.clip(arr / hi * 255, 0, 255).round().astype(np.uint8)
         return Image.fromarray(arr8).convert("RGB")
+    if im.mode not in ("L", "P"):  # grey and palette images convert exactly; CMYK, YCbCr, LAB, 1-bit ... do not
+        warnings.warn(f"{name}: {im.mode} image converted to RGB (PIL's conversion: colours may shift)", DiffEditWarning,
+                      stacklevel=4)
     return im.convert("RGB")
 
 

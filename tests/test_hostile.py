@@ -436,3 +436,14 @@ def test_a_truncated_jpeg_is_said_to_be_damaged(tmp_path):
     with pytest.raises(images.ImageInputError, match=rf"^image: {re.escape(repr(str(cut)))} is a damaged JPEG file "
                                                      r"\(image file is truncated"):
         images.to_rgb(cut)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "YCbCr", "LAB", "1"])
+def test_a_picture_in_another_colour_space_is_converted_with_a_warning(tmp_path, mode):
+    from PIL import Image
+
+    from diffedit_helpers.config import DiffEditWarning
+
+    picture = Image.new("RGB", (16, 16), (200, 40, 40)).convert(mode)
+    with pytest.warns(DiffEditWarning, match=rf"^image: {mode} image converted to RGB \(PIL's conversion: colours may shift\)$"):
+        assert images.to_rgb(picture).mode == "RGB"
