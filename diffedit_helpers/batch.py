@@ -44,6 +44,7 @@ from .manifest import (MANIFEST, OUTPUTS, ManifestError, OutputFolderBusy, Outpu
 from .outputs import check_out_folder, same_file
 
 INTERRUPTED = 130  # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
+FAILED_SHOWN = 10  # failed jobs the summary names; the rest it counts
 
 
 @dataclass
@@ -273,9 +274,16 @@ def _run(args, jobs_path: Path, out: Path, state) -> int:
         return command_error(err)
     total, failed = gather_outcome(run, state)  # every process's: the main one releases the lock only after all are done
     if state.is_main_process:
-        print(f"{total - len(failed)} of {total} jobs done in {out}/ ({MANIFEST})"
-              + (f"; failed: {', '.join(failed)}" if failed else ""))
+        print(f"{total - len(failed)} of {total} jobs done in {out}/ ({MANIFEST})" + failed_summary(failed))
     return 1 if failed else 0
+
+
+def failed_summary(failed: list, shown: int = FAILED_SHOWN) -> str:
+    "The summary's part about the failed jobs: the first `shown` labels, and how many more (each was said on stderr)."
+    if not failed:
+        return ""
+    more = len(failed) - shown
+    return f"; failed: {', '.join(failed[:shown])}" + (f" and {more:,} more (see {MANIFEST})" if more > 0 else "")
 
 
 def gather_outcome(run: BatchRun, state) -> tuple[int, list]:

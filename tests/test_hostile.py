@@ -447,3 +447,11 @@ def test_a_picture_in_another_colour_space_is_converted_with_a_warning(tmp_path,
     picture = Image.new("RGB", (16, 16), (200, 40, 40)).convert(mode)
     with pytest.warns(DiffEditWarning, match=rf"^image: {mode} image converted to RGB \(PIL's conversion: colours may shift\)$"):
         assert images.to_rgb(picture).mode == "RGB"
+
+
+def test_thousands_of_failing_lines_give_a_short_summary(tmp_path, cli_with_tiny_model, capsys):
+    jobs = write_lines(tmp_path / "jobs.jsonl", ["[1]"] * 2000)  # every line fails: not a JSON object
+    assert batch(jobs, tmp_path / "out") == 1
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("0 of 2000 jobs done in ")
+    assert summary.endswith("; failed: " + ", ".join(f"line {i}" for i in range(1, 11)) + " and 1,990 more (see manifest.jsonl)")
