@@ -455,3 +455,28 @@ def test_thousands_of_failing_lines_give_a_short_summary(tmp_path, cli_with_tiny
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith("0 of 2000 jobs done in ")
     assert summary.endswith("; failed: " + ", ".join(f"line {i}" for i in range(1, 11)) + " and 1,990 more (see manifest.jsonl)")
+
+
+def test_a_huge_prompt_in_a_batch_job_is_refused_at_once(tmp_path, cli_with_tiny_model, capsys):
+    image = scene_png(tmp_path)
+    huge = "a zebra on grass " * 50_000  # 850,000 characters: under the line limit
+    jobs = write_lines(tmp_path / "jobs.jsonl", [json.dumps({"image": image.name, "source": "a horse", "target": huge})])
+    start = time.monotonic()
+    assert batch(jobs, tmp_path / "out") == 1
+    assert time.monotonic() - start < 30
+    assert ("error: line 1: ValueError: target_prompt is 850,000 characters long, over the limit of 10,000 (the text model "
+            "reads only its first few dozen words)") in capsys.readouterr().err
+
+
+def test_a_long_prompt_warns_once_as_ours_and_the_librarys_token_warning_stays_quiet(tiny_model, capfd):
+    import torch
+
+    from diffedit_helpers import DiffEditConfig, diffedit
+    from diffedit_helpers.config import DiffEditWarning
+    from diffedit_helpers.world.shapes import horse_scene, render
+
+    tiny_model.tokenizer.deprecation_warnings.clear()  # the library says its warning once per tokenizer
+    with pytest.warns(DiffEditWarning, match="more than the text model's limit"):
+        diffedit(tiny_model, render(horse_scene())[0], "a horse", "a zebra on grass " * 40,
+                 DiffEditConfig(steps=4, n_noise=2), generator=torch.Generator().manual_seed(0), progress=False)
+    assert "Token indices sequence length" not in capfd.readouterr().err
