@@ -405,14 +405,24 @@ def _redirect_handler():
     return HttpOnly
 
 
+def is_url(text) -> bool:
+    "True if `text` is a string that starts like a URL, scheme://, whatever the scheme."
+    return isinstance(text, str) and _URL.match(text) is not None
+
+
+def check_scheme(url: str, name: str):
+    "Refuse a URL whose scheme is not http(s) (file://, ftp://, ...), naming the argument."
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in URL_SCHEMES:
+        raise ImageInputError(f"{name}: only http:// and https:// URLs are accepted, got {scheme}:// ({url!r})")
+
+
 def _fetch_image(url: str, name: str, max_pixels: int, multiple: int) -> Image.Image:
     "Fetch an http(s) URL (`fetch_url`) and decode it, its size checked from the header first."
     import urllib.error
     import urllib.request
 
-    scheme = url.split("://", 1)[0].lower()
-    if scheme not in URL_SCHEMES:
-        raise ImageInputError(f"{name}: only http:// and https:// URLs are accepted, got {scheme}:// ({url!r})")
+    check_scheme(url, name)
     try:
         data = fetch_url(url)
     except urllib.error.HTTPError as e:

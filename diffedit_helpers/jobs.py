@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .config import DIFFUSERS_NAMES, ConfigError, DiffEditConfig, with_diffusers_names
+from .images import check_scheme, is_url
 
 JOB_KEYS = ("image", "source", "target", "settings", "seed", "id", "mask")
 CONFIG_FIELDS = tuple(f.name for f in fields(DiffEditConfig))
@@ -141,6 +142,8 @@ def job_arguments(job: Job, config: DiffEditConfig, seed: int, base: Path) -> di
     for key in ("image", "mask"):
         if key in spec and not (isinstance(spec[key], str) or (key == "mask" and spec[key] is None)):
             raise ValueError(f"line {n}: {key} must be a path or an http(s) URL (a string), got {type(spec[key]).__name__}")
+        if is_url(spec.get(key)):  # file://, ftp://: never read as a relative path
+            check_scheme(spec[key], f"line {n}: {key}")
     seed = spec.get("seed", seed)
     if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise ValueError(f"line {n}: seed must be an integer in [0, 2**64 - 1], got {seed!r}")

@@ -480,3 +480,15 @@ def test_a_long_prompt_warns_once_as_ours_and_the_librarys_token_warning_stays_q
         diffedit(tiny_model, render(horse_scene())[0], "a horse", "a zebra on grass " * 40,
                  DiffEditConfig(steps=4, n_noise=2), generator=torch.Generator().manual_seed(0), progress=False)
     assert "Token indices sequence length" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["image", "mask"])
+def test_a_file_url_in_a_batch_job_is_refused_as_edit_refuses_it(tmp_path, cli_with_tiny_model, capsys, key):
+    image = scene_png(tmp_path)
+    (tmp_path / "FILE:").mkdir()  # where the URL would be read from as a relative path
+    (tmp_path / "FILE:" / "etc").symlink_to("/etc")
+    spec = {"image": image.name, "source": "a", "target": "b", key: "FILE:///etc/passwd"}
+    jobs = write_lines(tmp_path / "jobs.jsonl", [json.dumps(spec)])
+    assert batch(jobs, tmp_path / "out") == 1
+    assert (f"error: line 1: ValueError: line 1: {key}: only http:// and https:// URLs are accepted, got file:// "
+            "('FILE:///etc/passwd')") in capsys.readouterr().err
