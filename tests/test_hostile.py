@@ -492,3 +492,11 @@ def test_a_file_url_in_a_batch_job_is_refused_as_edit_refuses_it(tmp_path, cli_w
     assert batch(jobs, tmp_path / "out") == 1
     assert (f"error: line 1: ValueError: line 1: {key}: only http:// and https:// URLs are accepted, got file:// "
             "('FILE:///etc/passwd')") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("empty", [[], ()])
+def test_an_empty_list_of_images_is_refused(tiny_model, empty):
+    from diffedit_helpers import diffedit
+
+    with pytest.raises(ValueError, match=r"^image: an empty list holds no image to edit; pass an image, or a list of one or more$"):
+        diffedit(tiny_model, empty, "a", "b", progress=False)
