@@ -244,7 +244,8 @@ def mask_levels(im: Image.Image, name: str = "mask") -> np.ndarray:
     """A mask picture as (H, W) values to binarise at 0.5, read with the images' value-scale rules
     (`images.value_scale`): 8-bit grey as levels of 255; 16-bit and 32-bit integers of only 0 and 1
     as 0 and 1, else as 8-bit or 16-bit levels; floats as they are, which must lie in [0, 1].
-    Transparency is refused (tools read it both ways: transparent as inside, or as outside)."""
+    Transparency is refused (tools read it both ways: transparent as inside, or as outside), and so is a
+    colour picture (a photo passed by mistake); grey stored as colour is converted, with a warning."""
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
         alpha = np.asarray(im.convert("RGBA"))[..., 3]
         if alpha.min() < 255:
@@ -260,6 +261,10 @@ def mask_levels(im: Image.Image, name: str = "mask") -> np.ndarray:
             return arr
         return arr / value_scale(im.mode, float(arr.max()) if arr.size else 0.0)[0]
     if im.mode not in ("L", "1"):
+        rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
+            raise ValueError(f"{name}: the mask is a colour picture (its {im.mode} channels differ), not a mask: pass a grey "
+                             f"image, white = edit, black = keep")
         warnings.warn(f"{name}: {im.mode} image converted to grey (L)", DiffEditWarning, stacklevel=4)
     return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
 

@@ -500,3 +500,18 @@ def test_an_empty_list_of_images_is_refused(tiny_model, empty):
 
     with pytest.raises(ValueError, match=r"^image: an empty list holds no image to edit; pass an image, or a list of one or more$"):
         diffedit(tiny_model, empty, "a", "b", progress=False)
+
+
+def test_a_colour_photo_as_a_mask_is_refused(tiny_model, tmp_path):
+    from PIL import Image
+
+    from diffedit_helpers import diffedit
+    from diffedit_helpers.world.shapes import horse_scene, render
+
+    photo = render(horse_scene())[0]  # a colour picture, 64 x 64 like the image
+    photo.save(tmp_path / "photo.png")
+    for mask in (photo, tmp_path / "photo.png", photo.convert("CMYK")):
+        with pytest.raises(ValueError, match=r"^mask: the mask is a colour picture \(its \w+ channels differ\), not a mask: "
+                                             r"pass a grey image, white = edit, black = keep$"):
+            diffedit(tiny_model, photo, "a", "b", progress=False, mask=mask)
+    assert Image.open(tmp_path / "photo.png").mode == "RGB"
