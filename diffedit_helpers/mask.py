@@ -38,7 +38,7 @@ from .images import MAX_PIXELS, read_picture, tensor_to_numpy, value_scale
 from .noising import add_noise, draw_noise, predict_noise, timestep_at
 
 
-DRAWS_AT_ONCE = 256  # noise draws held in memory at once: the map of more is summed chunk by chunk
+DRAWS_AT_ONCE = 64  # noise draws held in memory at once (with their 2 x 64 embeddings); more are taken chunk by chunk
 
 
 @torch.no_grad()
