@@ -468,20 +468,6 @@ def test_a_huge_prompt_in_a_batch_job_is_refused_at_once(tmp_path, cli_with_tiny
             "reads only its first few dozen words)") in capsys.readouterr().err
 
 
-def test_a_long_prompt_warns_once_as_ours_and_the_librarys_token_warning_stays_quiet(tiny_model, capfd):
-    import torch
-
-    from diffedit_helpers import DiffEditConfig, diffedit
-    from diffedit_helpers.config import DiffEditWarning
-    from diffedit_helpers.world.shapes import horse_scene, render
-
-    tiny_model.tokenizer.deprecation_warnings.clear()  # the library says its warning once per tokenizer
-    with pytest.warns(DiffEditWarning, match="more than the text model's limit"):
-        diffedit(tiny_model, render(horse_scene())[0], "a horse", "a zebra on grass " * 40,
-                 DiffEditConfig(steps=4, n_noise=2), generator=torch.Generator().manual_seed(0), progress=False)
-    assert "Token indices sequence length" not in capfd.readouterr().err
-
-
 @pytest.mark.parametrize("key", ["image", "mask"])
 def test_a_file_url_in_a_batch_job_is_refused_as_edit_refuses_it(tmp_path, cli_with_tiny_model, capsys, key):
     image = scene_png(tmp_path)
