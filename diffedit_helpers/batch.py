@@ -13,7 +13,7 @@ strength, negative_prompt), and win over the command line's options; seed defaul
 name: letters, digits, ".", "_", "-") names the job's folder, which otherwise is the start of the
 job's key; mask is a mask file to edit inside. The file is read as a stream (`jobs`).
 
-A job is what it does (`jobs.job_key`): a rerun skips the jobs whose key the manifest records as
+A job is what it does under its id (`jobs.job_key`): a rerun skips the jobs whose key the manifest records as
 done, wherever their lines now stand, and runs every job that is new or changed (--retry-failed
 also runs the failed ones again). One run writes into DIR at a time (`manifest.OutputLock`); a
 second says who holds it. Each job writes DIR/<name>/edited.png, mask.png and job.json (into a
@@ -39,10 +39,12 @@ from pathlib import Path
 
 from .config import ConfigError, DiffEditConfig, config_from_args, with_option
 from .jobs import Job, check_jobs_file, folder_name, iter_jobs, job_arguments, job_key, line_key, SEED_RANGE
-from .manifest import MANIFEST, OUTPUTS, OutputFolderBusy, OutputLock, append_record, place_job, read_manifest, reconcile
-from .outputs import check_out_folder
+from .manifest import (MANIFEST, OUTPUTS, ManifestError, OutputFolderBusy, OutputLock, append_record, check_own_files,
+                       place_job, read_manifest, reconcile)
+from .outputs import check_out_folder, same_file
 
 INTERRUPTED = 130  # the shell's status for a program stopped by Ctrl-C (128 + SIGINT)
+FAILED_SHOWN = 10  # failed jobs the summary names; the rest it counts
 
 
 @dataclass
@@ -72,7 +74,7 @@ def prepare_job(job: Job, config: DiffEditConfig, seed: int, base: Path, model, 
     except ValueError as e:
         job.error = str(e)
         return None, line_key(job)
-    return args, job_key(args, model_identity(model), fit)
+    return args, job_key(args, model_identity(model), fit, job.id)
 
 
 def run_job(model, job: Job, args: dict, key: str, out: Path, fit: str, rank: int) -> dict:
@@ -186,9 +188,19 @@ def check_command(args) -> tuple[Path, Path]:
     if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
         raise ValueError(f"--seed must be an integer in [0, 2**64 - 1], got {args.seed}")
     jobs_path, out = check_jobs_file(args.jobs), check_out_folder(args.out)
+    check_jobs_outside(jobs_path, out)
     if next(iter_jobs(jobs_path), None) is None:
         raise ValueError(f"jobs file {str(jobs_path)!r} holds no jobs (every line is blank); nothing to do")
     return jobs_path, out
+
+
+def check_jobs_outside(jobs_path: Path, out: Path):
+    """Refuse a jobs file inside the output folder (its manifest, say): the run appends to what it
+    reads, and would never end."""
+    jobs, folder = jobs_path.resolve(), out.resolve()
+    if jobs.is_relative_to(folder) or same_file(jobs, out / MANIFEST):
+        raise ValueError(f"jobs file {str(jobs_path)!r} is inside --out {str(out)!r}, where the run writes; "
+                         f"copy it elsewhere (or choose another --out)")
 
 
 def lock_out_folder(out: Path, state) -> OutputLock | None:
@@ -197,6 +209,7 @@ def lock_out_folder(out: Path, state) -> OutputLock | None:
     lock, error = None, None
     if state.is_main_process:
         try:
+            check_own_files(out)
             lock = OutputLock(out).acquire()
             reconcile(out, read_manifest(out))
         except OSError as e:
@@ -253,14 +266,24 @@ def _run(args, jobs_path: Path, out: Path, state) -> int:
             print(f"[{state.process_index}/{state.num_processes}] {record['id']}: {record['seconds']:.2f} s, "
                   f"mask {100 * record['mask_coverage']:.1f} %", flush=True)
 
-    config = config_from_args(args, DiffEditConfig.for_model(model))  # the options over the model's own defaults
-    run = run_jobs(model, iter_jobs(jobs_path), out, config, args.seed, jobs_path.parent, args.fit,
-                   state.process_index, state.num_processes, args.retry_failed, report)
+    config = config_from_args(args, DiffEditConfig.for_model(model), quiet=True)  # the options over the model's own defaults
+    try:
+        run = run_jobs(model, iter_jobs(jobs_path), out, config, args.seed, jobs_path.parent, args.fit,
+                       state.process_index, state.num_processes, args.retry_failed, report)
+    except ManifestError as err:  # a full disk: the next run adopts the job folder whose record was not written
+        return command_error(err)
     total, failed = gather_outcome(run, state)  # every process's: the main one releases the lock only after all are done
     if state.is_main_process:
-        print(f"{total - len(failed)} of {total} jobs done in {out}/ ({MANIFEST})"
-              + (f"; failed: {', '.join(failed)}" if failed else ""))
+        print(f"{total - len(failed)} of {total} jobs done in {out}/ ({MANIFEST})" + failed_summary(failed))
     return 1 if failed else 0
+
+
+def failed_summary(failed: list, shown: int = FAILED_SHOWN) -> str:
+    "The summary's part about the failed jobs: the first `shown` labels, and how many more (each was said on stderr)."
+    if not failed:
+        return ""
+    more = len(failed) - shown
+    return f"; failed: {', '.join(failed[:shown])}" + (f" and {more:,} more (see {MANIFEST})" if more > 0 else "")
 
 
 def gather_outcome(run: BatchRun, state) -> tuple[int, list]:

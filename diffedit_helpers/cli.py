@@ -11,12 +11,13 @@ inputs never, and every output is written whole or not at all (`outputs`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from pathlib import Path
 
 from .config import (ConfigError, DiffEditConfig, DiffEditWarning, add_config_arguments, check_for_image, config_from_args,
-                     with_option)
+                     given_settings, with_option)
 from .outputs import check_destinations, check_not_input, check_out_folder, clean_stale, save_all, save_new
 
 OUTPUT_FILES = ("mask.png", "edited.png", "overview.png")
@@ -45,9 +46,11 @@ def _add_edit_options(p: argparse.ArgumentParser, overwrite: bool = True):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def check_inputs(image, source: str, target: str, out_paths: list[Path], config=None, mask=None):
-    """The prompts, the image file and the settings measured in pixels, checked before a model is
-    loaded; an input (the image, a mask file) is never an output (by path or by inode)."""
+def check_inputs(image, source: str, target: str, out_paths: list[Path], config=None, mask=None,
+                 kernels=("blur", "feather")):
+    """The prompts, the image file and the settings measured in pixels (those of `kernels`: the
+    options given; a default that does not fit a tiny image is left to the model's own size check),
+    checked before a model is loaded; an input (the image, a mask file) is never an output (by path or by inode)."""
     from .images import to_rgb
     from .text import check_prompt
 
@@ -57,7 +60,7 @@ def check_inputs(image, source: str, target: str, out_paths: list[Path], config=
         check_not_input(p, [f for f in (image, mask) if f is not None])
     picture = to_rgb(image, "image")
     if config is not None:
-        check_for_image(config, *picture.size)
+        check_for_image(config, *picture.size, kernels=kernels)
     return picture
 
 
@@ -109,14 +112,14 @@ def run_edit(image, source, target, out, args) -> Path:
     dtype = resolve_dtype(args.dtype, device, args.model)
     check_seed(args.seed)
     paths = check_outputs(out, args.overwrite, MASK_ONLY_FILES if mask_only else OUTPUT_FILES)
-    picture = check_inputs(image, source, target, paths, config, mask)
+    given = [k for k in ("blur", "feather") if k in given_settings(args)]
+    picture = check_inputs(image, source, target, paths, config, mask, kernels=given)
     if mask is not None:  # readable and at the image's size, before the model loads
         user_mask(mask, (picture.height, picture.width), "--mask")
     inputs = [f for f in (image, mask) if f is not None]
     fit = "resize" if args.size is not None and args.fit == "error" else args.fit
     model = load_model(args.model, device=device, dtype=dtype)
-    config = config_from_args(args, DiffEditConfig.for_model(model))  # Stable Diffusion's mask rule on an SD model
-    check_for_image(config, *picture.size)
+    config = config_from_args(args, DiffEditConfig.for_model(model), quiet=True)  # Stable Diffusion's mask rule on an SD model
     gen = torch.Generator().manual_seed(args.seed)  # drawn on the CPU: the same noise on any device
     out = paths[0].parent
     if mask_only:  # step 1 alone: the map and the mask the edit would use
@@ -171,6 +174,15 @@ def print_warning(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def said_warnings():
+    "While a command runs, every warning is shown (`print_warning`); the program's own settings, put back when it returns."
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = print_warning
+        yield
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffedit_helpers", description="DiffEdit: edit the part of an image two prompts disagree on.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,11 +210,10 @@ def main(argv=None) -> int:
     if args.command == "batch":
         from .batch import main as batch_main
 
-        return batch_main(args)
+        with said_warnings():
+            return batch_main(args)
     try:
-        with warnings.catch_warnings():  # the program's own settings, put back when it returns
-            warnings.simplefilter("always")
-            warnings.showwarning = print_warning
+        with said_warnings():
             if args.command == "edit":
                 out = run_edit(args.image, args.source, args.target, args.out, args)
             else:

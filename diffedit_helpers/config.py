@@ -36,6 +36,8 @@ MAX_GUIDANCE = 1000.0
 # UNet samples per call while building the mask: their activations are held at once (64 on a
 # 512x512 Stable Diffusion image is about 7 GB in half precision; more only costs memory)
 MAX_MASK_BATCH_SIZE = 64
+# noise draws of the mask: each costs two UNet samples; past a few hundred the map no longer changes
+MAX_N_NOISE = 1000
 
 
 class DiffEditWarning(UserWarning):
@@ -55,7 +57,7 @@ class DiffEditConfig:
     """The settings of one DiffEdit run. Defaults were measured on the shapes world.
 
     Mask (step 1):
-        n_noise: independent noise draws whose prediction differences are averaged.
+        n_noise: independent noise draws whose prediction differences are averaged, in [1, MAX_N_NOISE].
         mask_strength: how far into the noise schedule the image is noised for the mask
             (0.5 = the middle step of the DDIM schedule).
         normalise: how the raw map is scaled to [0, 1]: "minmax" (lowest value 0, highest 1) or
@@ -105,6 +107,9 @@ class DiffEditConfig:
     def validate(self) -> "DiffEditConfig":
         "Raise ConfigError naming the first bad field and its accepted range; return self."
         _check_int("n_noise", self.n_noise, 1)
+        if self.n_noise > MAX_N_NOISE:
+            raise ConfigError("n_noise", f"n_noise must be an integer in [1, {MAX_N_NOISE}] (noise draws, two UNet samples "
+                                         f"each), got {self.n_noise}")
         _check_unit("mask_strength", self.mask_strength)
         if self.normalise not in NORMALISATIONS:
             raise ConfigError("normalise", f"normalise must be one of {NORMALISATIONS}, got {self.normalise!r}")
@@ -224,13 +229,14 @@ def check_kernel(name: str, value) -> int:
     return value
 
 
-def check_for_image(config: "DiffEditConfig", width: int, height: int, scale_factor: int | None = None):
+def check_for_image(config: "DiffEditConfig", width: int, height: int, scale_factor: int | None = None,
+                    kernels=("blur", "feather")):
     """The settings measured in pixels, against a width x height image: a blur or feather kernel
-    wider than the image, or a refinement window (refine_radius latent cells of `scale_factor`
-    pixels; skipped when None) wider than it, only flattens the map. Raises ConfigError."""
+    (those named in `kernels`) wider than the image, or a refinement window (refine_radius latent
+    cells of `scale_factor` pixels; skipped when None) wider than it, only flattens the map. Raises ConfigError."""
     side = max(width, height)
     largest_kernel = side if side % 2 else side - 1
-    for name in ("blur", "feather"):
+    for name in kernels:
         if getattr(config, name) > largest_kernel:
             raise ConfigError(name, f"{name}={getattr(config, name)} is wider than the {width}x{height} image; "
                                     f"use an odd kernel of at most {largest_kernel} pixels")
@@ -266,7 +272,7 @@ CONFIG_OPTIONS = {
                                 help="snap the latent-resolution map to the image's edges before the threshold "
                                      "(default on; off on Stable Diffusion)")),
     "refine_radius": ("--refine-radius", dict(type=int, help=f"refinement window radius in latent cells, >= 1 ({_default('refine_radius')})")),
-    "n_noise": ("--n-noise", dict(type=int, help=f"noise draws for the mask, >= 1 ({_default('n_noise')})")),
+    "n_noise": ("--n-noise", dict(type=int, help=f"noise draws for the mask, in [1, {MAX_N_NOISE}] ({_default('n_noise')})")),
     "mask_strength": ("--mask-strength", dict(type=float, help=f"noise level for the mask in (0, 1] ({_default('mask_strength')})")),
     "steps": ("--steps", dict(type=int, help=f"DDIM steps, >= 1 ({_default('steps')})")),
     "edit_start": ("--start", dict(type=float, help=f"fraction of the steps skipped, in [0, 1) ({_default('edit_start')})")),
@@ -291,13 +297,17 @@ def given_settings(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name, None) is not None}
 
 
-def config_from_args(args: argparse.Namespace, base: DiffEditConfig | None = None) -> DiffEditConfig:
+def config_from_args(args: argparse.Namespace, base: DiffEditConfig | None = None, quiet: bool = False) -> DiffEditConfig:
     """The validated config the options ask for: `base`'s settings with the given options over
     them. `base` is the model's defaults (`DiffEditConfig.for_model(model)`); None takes the
     shapes world's, `DiffEditConfig()`, which also checks the options before a model is loaded.
-    A bad value raises ConfigError with the option's flag first."""
+    quiet: the options were checked by an earlier call, which said their warnings (an even blur
+    rounded up) once already. A bad value raises ConfigError with the option's flag first."""
     try:
-        return (base or DiffEditConfig()).replace(**given_settings(args)).validate()
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore", DiffEditWarning)
+            return (base or DiffEditConfig()).replace(**given_settings(args)).validate()
     except ConfigError as e:
         raise with_option(e) from None
 

@@ -292,6 +292,8 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
     batch = isinstance(image, (list, tuple))
     images = list(image) if batch else [image]
     n = len(images)
+    if n == 0:
+        raise ValueError("image: an empty list holds no image to edit; pass an image, or a list of one or more")
     srcs, tgts = (per_image(p, n, batch, "source_prompt and target_prompt", "prompt") for p in (source_prompt, target_prompt))
     negs, masks = per_image(negative_prompt, n, batch, "negative_prompt"), per_image(mask, n, batch, "mask")
     prepared = []  # every check first, for the whole batch

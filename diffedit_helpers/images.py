@@ -64,10 +64,12 @@ def read_image_file(path: Path, name: str, max_pixels: int, multiple: int) -> Im
     mode = path.stat().st_mode
     if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a FIFO or a device would block or never end
         raise ImageInputError(f"{name}: {str(path)!r} is not a regular file (a pipe, socket or device); pass an image file")
+    kind = None  # the format PIL recognised: past this point a failure means a damaged file
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below if too large
             with Image.open(path) as im:
+                kind = im.format
                 check_not_huge(*im.size, name, max_pixels, multiple)
                 frames = getattr(im, "n_frames", 1)
                 im.load()
@@ -81,6 +83,9 @@ def read_image_file(path: Path, name: str, max_pixels: int, multiple: int) -> Im
     except ImageInputError:
         raise
     except (UnidentifiedImageError, OSError) as e:
+        if kind is not None:  # a truncated JPEG, say
+            detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise ImageInputError(f"{name}: {str(path)!r} is a damaged {kind} file ({detail})") from e
         raise ImageInputError(f"{name}: {str(path)!r} is not an image PIL can read ({type(e).__name__})") from e
     except (ValueError, SyntaxError, EOFError, IndexError, TypeError, MemoryError) as e:  # damaged files fail in many ways
         detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
@@ -128,10 +133,21 @@ def _pil_to_rgb(im: Image.Image, name: str) -> Image.Image:
         return Image.alpha_composite(white, rgba).convert("RGB")
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(im).astype(np.float64)
-        hi, why = value_scale(im.mode, float(np.nanmax(arr)) if arr.size else 0.0)
-        warnings.warn(f"{name}: {im.mode} image scaled to 8 bits from the range [0, {hi:g}] ({why})", DiffEditWarning, stacklevel=4)
-        arr8 = np.clip(np.nan_to_num(arr) / hi * 255, 0, 255).round().astype(np.uint8)
+        if not np.isfinite(arr).all():
+            raise ImageInputError(f"{name}: {im.mode} image holds NaN or inf values; pass finite pixel values")
+        lo, peak = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        hi, why = value_scale(im.mode, peak)
+        if lo < 0:
+            warnings.warn(f"{name}: {im.mode} image holds values in [{lo:g}, {peak:g}]: scaled to 8 bits from the range "
+                          f"[0, {hi:g}], those below 0 clipped to black", DiffEditWarning, stacklevel=4)
+        else:
+            warnings.warn(f"{name}: {im.mode} image scaled to 8 bits from the range [0, {hi:g}] ({why})", DiffEditWarning,
+                          stacklevel=4)
+        arr8 = np.clip(arr / hi * 255, 0, 255).round().astype(np.uint8)
         return Image.fromarray(arr8).convert("RGB")
+    if im.mode not in ("L", "P"):  # grey and palette images convert exactly; CMYK, YCbCr, LAB, 1-bit ... do not
+        warnings.warn(f"{name}: {im.mode} image converted to RGB (PIL's conversion: colours may shift)", DiffEditWarning,
+                      stacklevel=4)
     return im.convert("RGB")
 
 
@@ -216,7 +232,20 @@ def from_url_or_tensor(image, name: str = "image", max_pixels: int = MAX_PIXELS,
         if image.shape[0] not in (1, 3, 4):
             raise ImageInputError(f"{name}: tensors must be channels-first, (C, H, W) with C in 1, 3, 4; got {tuple(image.shape)}")
         image = image.permute(1, 2, 0)
-    return image.detach().cpu().numpy()
+    return tensor_to_numpy(image, name)
+
+
+def tensor_to_numpy(tensor, name: str):
+    """A tensor's values as a numpy array on the CPU: bfloat16 (which numpy lacks) as float32; a tensor
+    on the meta device, which holds no values, refused naming the argument."""
+    import torch
+
+    if tensor.device.type == "meta":
+        raise ImageInputError(f"{name}: the tensor is on the meta device and holds no values; pass one on the CPU or a GPU")
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.float()  # every bfloat16 value is a float32 value
+    return tensor.cpu().numpy()
 
 
 FETCH_SECONDS = 60.0  # the whole fetch of one URL: connecting, the headers and every byte
@@ -230,43 +259,130 @@ class FetchError(OSError):
 
 def fetch_url(url: str, deadline_s: float | None = None, max_bytes: int | None = None) -> bytes:
     """The bytes an http(s) URL serves (standard library only), within `deadline_s` seconds for the
-    whole fetch (however slowly the server sends; default FETCH_SECONDS) and at most `max_bytes`
-    (default FETCH_BYTES; refused from the
-    Content-Length header, else as soon as the data passes it). Redirects are followed only to
-    http(s). FetchError says what went wrong; urllib's HTTPError (a status) and URLError pass through."""
+    whole fetch: connecting, the headers, every redirect and the body, however slowly the server
+    sends (default FETCH_SECONDS; `FetchDeadline`), and at most `max_bytes` (default FETCH_BYTES;
+    refused from the Content-Length header, else as soon as the data passes it). A body shorter
+    than its Content-Length is refused. Redirects are followed only to http(s). FetchError says
+    what went wrong; urllib's HTTPError (a status) and URLError pass through."""
     import http.client
-    import time
     import urllib.request
 
     deadline_s = FETCH_SECONDS if deadline_s is None else deadline_s
     max_bytes = FETCH_BYTES if max_bytes is None else max_bytes
-    end = time.monotonic() + deadline_s
-    opener = urllib.request.build_opener(_redirect_handler())
+    deadline = FetchDeadline(deadline_s)
+    opener = urllib.request.build_opener(_redirect_handler(), *deadline.handlers())
     request = urllib.request.Request(url, headers={"User-Agent": "diffedit-lab"})
     try:
         with opener.open(request, timeout=deadline_s) as response:
             declared = response.headers.get("Content-Length")
             if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
                 raise FetchError(f"it is {int(declared):,} bytes, over the limit of {max_bytes:,}")
-            return _read_within(response, end, deadline_s, max_bytes)
-    except http.client.IncompleteRead as e:
-        raise FetchError("the server closed the connection before the end of its answer") from e
-    except http.client.HTTPException as e:
-        raise FetchError(f"the server's answer is broken ({type(e).__name__})") from e
-    except TimeoutError as e:
-        raise FetchError(f"no answer within {deadline_s:g} s") from e
+            data = _read_within(response, deadline, max_bytes)
+            if getattr(response, "length", None):  # bytes its Content-Length announced that never came
+                raise FetchError(f"the server closed the connection {response.length:,} bytes before the end its "
+                                 f"Content-Length announced ({len(data):,} bytes came)")
+            return data
+    except FetchError:
+        raise
+    except (http.client.HTTPException, OSError) as e:
+        if deadline.expired or isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+            raise FetchError(f"not finished within {deadline_s:g} s") from e
+        if isinstance(e, http.client.IncompleteRead):
+            raise FetchError("the server closed the connection before the end of its answer") from e
+        if isinstance(e, http.client.HTTPException):
+            raise FetchError(f"the server's answer is broken ({type(e).__name__})") from e
+        raise
+    finally:
+        deadline.cancel()
 
 
-def _read_within(response, end: float, deadline_s: float, max_bytes: int) -> bytes:
+class FetchDeadline:
+    """One deadline over a whole fetch. Every connection the fetch opens (one per redirect) connects
+    within the time left, and when the deadline passes a timer shuts them all down, so that no
+    server, however slowly it sends its headers or its body, holds a fetch past it."""
+
+    def __init__(self, seconds: float):
+        import threading
+        import time
+
+        self.seconds, self.end, self.expired = seconds, time.monotonic() + seconds, False
+        self._sockets, self._lock = [], threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def left(self) -> float:
+        "Seconds left; TimeoutError when none are."
+        import time
+
+        left = self.end - time.monotonic()
+        if left <= 0 or self.expired:
+            raise TimeoutError(f"not finished within {self.seconds:g} s")
+        return left
+
+    def watch(self, sock):
+        "Shut `sock` down when the deadline passes (at once if it has)."
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self):
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def cancel(self):
+        self._timer.cancel()
+
+    def handlers(self) -> tuple:
+        "urllib handlers for http and https whose connections keep to this deadline."
+        import urllib.request
+
+        deadline = self
+
+        def timed(connection_class):
+            class Timed(connection_class):
+                def connect(self):
+                    self.timeout = deadline.left()
+                    super().connect()
+                    deadline.watch(self.sock)
+
+            return Timed
+
+        class HTTP(urllib.request.HTTPHandler):
+            def do_open(self, http_class, req, **kwargs):
+                return super().do_open(timed(http_class), req, **kwargs)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def do_open(self, http_class, req, **kwargs):
+                return super().do_open(timed(http_class), req, **kwargs)
+
+        return HTTP(), HTTPS()
+
+
+def _shut(sock):
+    import socket
+
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _read_within(response, deadline: FetchDeadline, max_bytes: int) -> bytes:
     "Read a response chunk by chunk until its end, the deadline or the size limit."
-    import time
-
     chunks, size = [], 0
     while True:
-        if time.monotonic() > end:
-            raise FetchError(f"not finished within {deadline_s:g} s ({size:,} bytes so far)")
+        try:
+            deadline.left()
+        except TimeoutError:
+            raise FetchError(f"not finished within {deadline.seconds:g} s ({size:,} bytes so far)") from None
         chunk = response.read1(1 << 16)
         if not chunk:
+            if deadline.expired:
+                raise FetchError(f"not finished within {deadline.seconds:g} s ({size:,} bytes so far)")
             return b"".join(chunks)
         size += len(chunk)
         if size > max_bytes:
@@ -289,17 +405,31 @@ def _redirect_handler():
     return HttpOnly
 
 
-def _fetch_image(url: str, name: str, max_pixels: int, multiple: int) -> Image.Image:
-    "Fetch an http(s) URL (`fetch_url`) and decode it, its size checked from the header first."
-    import urllib.error
+def is_url(text) -> bool:
+    "True if `text` is a string that starts like a URL, scheme://, whatever the scheme."
+    return isinstance(text, str) and _URL.match(text) is not None
 
+
+def check_scheme(url: str, name: str):
+    "Refuse a URL whose scheme is not http(s) (file://, ftp://, ...), naming the argument."
     scheme = url.split("://", 1)[0].lower()
     if scheme not in URL_SCHEMES:
         raise ImageInputError(f"{name}: only http:// and https:// URLs are accepted, got {scheme}:// ({url!r})")
+
+
+def _fetch_image(url: str, name: str, max_pixels: int, multiple: int) -> Image.Image:
+    "Fetch an http(s) URL (`fetch_url`) and decode it, its size checked from the header first."
+    import urllib.error
+    import urllib.request
+
+    check_scheme(url, name)
     try:
         data = fetch_url(url)
     except urllib.error.HTTPError as e:
-        raise ImageInputError(f"{name}: {url!r} answered HTTP {e.code} ({e.reason})") from e
+        if 300 <= e.code < 400:  # urllib's own message for this spans three lines
+            raise ImageInputError(f"{name}: {url!r} redirects in a loop or more than "
+                                  f"{urllib.request.HTTPRedirectHandler.max_redirections} times (HTTP {e.code})") from e
+        raise ImageInputError(f"{name}: {url!r} answered HTTP {e.code} ({' '.join(str(e.reason).split())})") from e
     except FetchError as e:
         raise ImageInputError(f"{name}: could not fetch {url!r}: {e}") from e
     except (urllib.error.URLError, OSError) as e:

@@ -1,11 +1,12 @@
 """The jobs of a `batch` run: a JSON-lines file read as a stream, each line checked into the
 arguments of one `diffedit` call, and each job's identity, its key.
 
-A job is what it does: its key is a hash of its input (the image and mask files' contents, or
-their URLs), prompts, settings, seed, model and fit; never its line number. Moving a line, or
-inserting one above it, leaves its key (and so its finished result) as it was; changing what it
-does gives a new key, so it runs again. A job's folder is its `id` when the line gives one, else
-the start of its key.
+A job is what it does and the name it is given: its key is a hash of its input (the image and
+mask files' contents, or their URLs), prompts, settings, seed, model, fit and its `id` when the
+line gives one; never its line number. Moving a line, or inserting one above it, leaves its key
+(and so its finished result) as it was; changing what it does, or its id, gives a new key, so it
+runs again (two ids doing the same work get a folder and a record each). A job's folder is its
+`id` when the line gives one, else the start of its key.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .config import DIFFUSERS_NAMES, ConfigError, DiffEditConfig, with_diffusers_names
+from .images import check_scheme, is_url
 
 JOB_KEYS = ("image", "source", "target", "settings", "seed", "id", "mask")
 CONFIG_FIELDS = tuple(f.name for f in fields(DiffEditConfig))
 SETTING_NAMES = (*CONFIG_FIELDS, "negative_prompt", *DIFFUSERS_NAMES)
 SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes
+MAX_LINE_BYTES = 1 << 20  # a job's line: a JSON object of paths, prompts and settings, far shorter than this
 KEY_CHARS = 12  # the part of a key that names a job's folder when the line gives no id
 # names a job's folder can never take: the files of the output folder itself, and the device names some systems reserve
 RESERVED_IDS = frozenset({"manifest.jsonl", "con", "prn", "aux", "nul", *(f"{p}{i}" for p in ("com", "lpt") for i in range(10))})
@@ -62,16 +65,28 @@ def check_jobs_file(path) -> Path:
 
 def iter_jobs(path: Path):
     """Each non-blank line of a JSON-lines file as a Job, in order, read as a stream (one line in
-    memory at a time). A UTF-8 byte-order mark before line 1 is skipped. A line that is not UTF-8,
-    not a JSON object, or whose id is bad or given to an earlier line, is a Job with its `error`."""
+    memory at a time, at most MAX_LINE_BYTES of it). A UTF-8 byte-order mark before line 1 is
+    skipped. A line that is too long, not UTF-8, not a JSON object, or whose id is bad or given
+    to an earlier line, is a Job with its `error`."""
     ids: dict[str, int] = {}  # explicit id -> the line that gave it first
     with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, start=1):
+        for n, raw in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                skip_line(fh)
+                yield Job(line=n, error=f"line {n} is longer than the limit of {MAX_LINE_BYTES:,} bytes (a job is a short "
+                                        f"JSON object); skipped")
+                continue
             if n == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
             if not raw.strip():
                 continue
             yield parse_line(raw, n, path, ids)
+
+
+def skip_line(fh):
+    "Read past the rest of the current line, a chunk at a time."
+    while (chunk := fh.readline(1 << 16)) and not chunk.endswith(b"\n"):
+        pass
 
 
 def parse_line(raw: bytes, n: int, path: Path, ids: dict) -> Job:
@@ -127,6 +142,8 @@ def job_arguments(job: Job, config: DiffEditConfig, seed: int, base: Path) -> di
     for key in ("image", "mask"):
         if key in spec and not (isinstance(spec[key], str) or (key == "mask" and spec[key] is None)):
             raise ValueError(f"line {n}: {key} must be a path or an http(s) URL (a string), got {type(spec[key]).__name__}")
+        if is_url(spec.get(key)):  # file://, ftp://: never read as a relative path
+            check_scheme(spec[key], f"line {n}: {key}")
     seed = spec.get("seed", seed)
     if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise ValueError(f"line {n}: seed must be an integer in [0, 2**64 - 1], got {seed!r}")
@@ -180,11 +197,13 @@ def input_identity(name: str | None):
         return {"path": str(path)}
 
 
-def job_key(args: dict, model: str, fit: str) -> str:
-    "The job's identity (64 hex digits): input, prompts, settings, seed, model and fit."
+def job_key(args: dict, model: str, fit: str, name: str | None = None) -> str:
+    "The job's identity (64 hex digits): input, prompts, settings, seed, model, fit and the id it is given (`name`)."
     what = dict(image=input_identity(args["image"]), mask=input_identity(args["mask"]), source=args["source_prompt"],
                 target=args["target_prompt"], settings=args["config"].to_dict(), negative_prompt=args["negative_prompt"],
                 seed=args["seed"], model=str(model), fit=fit)
+    if name is not None:  # the job's folder: the same work under two ids is two jobs (a line without one keeps its key)
+        what["id"] = name
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 

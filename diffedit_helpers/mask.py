@@ -34,8 +34,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import DiffEditWarning, check_kernel, check_threshold
-from .images import MAX_PIXELS, read_picture, value_scale
+from .images import MAX_PIXELS, read_picture, tensor_to_numpy, value_scale
 from .noising import add_noise, draw_noise, predict_noise, timestep_at
+
+
+DRAWS_AT_ONCE = 64  # noise draws held in memory at once (with their 2 x 64 embeddings); more are taken chunk by chunk
 
 
 @torch.no_grad()
@@ -45,16 +48,29 @@ def noise_difference(model, latents, source_emb, target_emb, scheduler, n_noise=
 
     latents: (1, C, h, w) clean image latents. source_emb, target_emb: (1, L, D).
     Returns the raw (unnormalised) map, (h, w) float32.
-    The 2n UNet evaluations run in batches of at most `batch_size` samples.
+    The draws are taken DRAWS_AT_ONCE at a time (the same noise as drawing them all at once), so memory
+    does not grow with n_noise; the 2n UNet evaluations of a chunk run in batches of at most `batch_size` samples.
     """
     t = timestep_at(scheduler, strength)
-    noise = draw_noise((n_noise, *latents.shape[1:]), generator, latents.device, latents.dtype)  # (n, C, h, w)
-    noisy = add_noise(scheduler, latents.expand(n_noise, -1, -1, -1), noise, t)  # (n, C, h, w)
+    means = []  # (draws, their (h, w) mean) of each chunk
+    for first in range(0, n_noise, DRAWS_AT_ONCE):
+        n = min(DRAWS_AT_ONCE, n_noise - first)
+        noise = draw_noise((n, *latents.shape[1:]), generator, latents.device, latents.dtype)  # (n, C, h, w)
+        means.append((n, _difference_mean(model, latents, noise, source_emb, target_emb, scheduler, t, batch_size)))
+    if len(means) == 1:
+        return means[0][1]
+    return sum(n * m for n, m in means) / n_noise  # (h, w)
+
+
+def _difference_mean(model, latents, noise, source_emb, target_emb, scheduler, t, batch_size) -> torch.Tensor:
+    "Mean over the draws of `noise` (n, C, h, w) and the channels of |eps_target - eps_source|: (h, w) float32."
+    n = noise.shape[0]
+    noisy = add_noise(scheduler, latents.expand(n, -1, -1, -1), noise, t)  # (n, C, h, w)
     # every noisy sample once with each prompt: (2n, C, h, w) and (2n, L, D)
     x = torch.cat([noisy, noisy])
-    emb = torch.cat([source_emb.expand(n_noise, -1, -1), target_emb.expand(n_noise, -1, -1)])
+    emb = torch.cat([source_emb.expand(n, -1, -1), target_emb.expand(n, -1, -1)])
     preds = torch.cat([predict_noise(model, x[i : i + batch_size], t, emb[i : i + batch_size])
-                       for i in range(0, 2 * n_noise, batch_size)])
+                       for i in range(0, 2 * n, batch_size)])
     src, tgt = preds.float().chunk(2)  # (n, C, h, w) each
     return (tgt - src).abs().mean(dim=(0, 1))  # (h, w)
 
@@ -185,7 +201,7 @@ def user_mask(mask, shape: tuple[int, int], name: str = "mask", original: tuple[
     if isinstance(mask, Image.Image):
         mask = mask_levels(mask, name)
     if isinstance(mask, torch.Tensor):
-        mask = mask.detach().cpu().numpy()
+        mask = tensor_to_numpy(mask, name)
     if not isinstance(mask, np.ndarray):
         raise TypeError(f"{name} must be a bool or float array, a PIL 'L' image or a path, got {type(mask).__name__}")
     sizes = {tuple(shape), tuple(original or shape)}
@@ -228,7 +244,8 @@ def mask_levels(im: Image.Image, name: str = "mask") -> np.ndarray:
     """A mask picture as (H, W) values to binarise at 0.5, read with the images' value-scale rules
     (`images.value_scale`): 8-bit grey as levels of 255; 16-bit and 32-bit integers of only 0 and 1
     as 0 and 1, else as 8-bit or 16-bit levels; floats as they are, which must lie in [0, 1].
-    Transparency is refused (tools read it both ways: transparent as inside, or as outside)."""
+    Transparency is refused (tools read it both ways: transparent as inside, or as outside), and so is a
+    colour picture (a photo passed by mistake); grey stored as colour is converted, with a warning."""
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
         alpha = np.asarray(im.convert("RGBA"))[..., 3]
         if alpha.min() < 255:
@@ -244,6 +261,10 @@ def mask_levels(im: Image.Image, name: str = "mask") -> np.ndarray:
             return arr
         return arr / value_scale(im.mode, float(arr.max()) if arr.size else 0.0)[0]
     if im.mode not in ("L", "1"):
+        rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
+            raise ValueError(f"{name}: the mask is a colour picture (its {im.mode} channels differ), not a mask: pass a grey "
+                             f"image, white = edit, black = keep")
         warnings.warn(f"{name}: {im.mode} image converted to grey (L)", DiffEditWarning, stacklevel=4)
     return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
 

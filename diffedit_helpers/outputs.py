@@ -19,8 +19,10 @@ import stat
 from pathlib import Path
 
 TEMP_SUFFIX = ".part"
-# a temporary file of ours: .<name>.<pid>-<token>-<files in its set>.part
-_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<token>[0-9a-f]+)-(?P<n>\d+)\.part$")
+SWAP_SUFFIX = ".swap"
+# a temporary file of ours: .<name>.<pid>-<token>-<files in its set>[o: the set overwrites].part; the link
+# an overwriting save moves over its destination ends in .swap instead
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-(?P<token>[0-9a-f]+)-(?P<n>\d+)(?P<over>o?)(?P<ext>\.part|\.swap)$")
 
 
 class OutputError(OSError):
@@ -101,16 +103,21 @@ def clean_stale(folder, names=None):
     """Remove what a killed save of ours left in `folder`: its temporary files and, if it was
     killed while placing its set of files, the files of the set it had placed (so that none of a
     set is left alone). Only sets whose process is gone are touched; `names` limits it to those
-    destination names."""
+    destination names. A set that was overwriting older files and was killed while placing them
+    takes those older files with it, so that no new file is left beside an old one."""
     groups: dict[tuple, list] = {}
     for entry in os.scandir(folder) if Path(folder).is_dir() else ():
         m = _TEMP_NAME.match(entry.name)
         if m and (names is None or m["name"] in names) and not _alive(int(m["pid"])):
-            groups.setdefault((m["pid"], m["token"], int(m["n"])), []).append((Path(entry.path), Path(folder) / m["name"]))
-    for (_, _, n), temps in groups.items():
+            if m["ext"] == SWAP_SUFFIX:  # a link an overwriting save had not yet moved into place
+                _remove(Path(entry.path))
+                continue
+            key = (m["pid"], m["token"], int(m["n"]), m["over"] == "o")
+            groups.setdefault(key, []).append((Path(entry.path), Path(folder) / m["name"]))
+    for (_, _, n, overwrote), temps in groups.items():
         placed = [final for tmp, final in temps if same_file(tmp, final)]
         if len(temps) == n and 0 < len(placed) < n:  # killed while placing: undo the part of the set it placed
-            for final in placed:
+            for final in [final for _, final in temps] if overwrote else placed:  # overwriting: the old files left too
                 _remove(final)
         for tmp, _ in temps:
             _remove(tmp)
@@ -148,17 +155,32 @@ def image_format(path: Path) -> str:
     return Image.EXTENSION[suffix]
 
 
+_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)  # what link() says where it cannot
+
+
 def _place(tmp: Path, path: Path, overwrite: bool):
     "Give the finished temporary file its name: only if the name is free, or over it when overwriting."
-    if overwrite:
-        os.replace(tmp, path)
+    if overwrite:  # a second link moved over the old file: the temporary file stays until the whole set is placed
+        swap = tmp.with_name(tmp.name.removesuffix(TEMP_SUFFIX) + SWAP_SUFFIX)
+        try:
+            os.link(tmp, swap)
+        except OSError as e:  # a file system without hard links: the file itself is moved over
+            if e.errno not in _NO_LINKS:
+                raise
+            swap = tmp
+        try:
+            os.replace(swap, path)
+        except BaseException:
+            if swap != tmp:
+                _remove(swap)
+            raise
         return
     try:
         os.link(tmp, path)  # fails if the name exists, however recently it was taken
     except FileExistsError:
         raise
     except OSError as e:  # a file system without hard links: claim the name exclusively, then move the data over it
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+        if e.errno not in _NO_LINKS:
             raise
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         os.replace(tmp, path)
@@ -191,7 +213,7 @@ def save_all(items, overwrite: bool = False, inputs=(), flag: str = "--out") -> 
     check_destinations([path for _, path in items], flag)
     for folder in {path.parent for _, path in items}:
         clean_stale(folder)
-    batch = f"{os.getpid()}-{secrets.token_hex(4)}-{len(items)}"
+    batch = f"{os.getpid()}-{secrets.token_hex(4)}-{len(items)}{'o' if overwrite else ''}"
     temps: list[Path] = []
     placed: list[Path] = []
     try:

@@ -19,17 +19,28 @@ import torch
 
 from .config import DiffEditWarning
 
+# a prompt's length in characters: far past what a text model reads (CLIP: 77 tokens), short enough to tokenize at once
+MAX_PROMPT_CHARS = 10_000
 MIN_VOCABULARY = 1000  # CLIP's has 49,408 tokens; a tokenizer folder missing its vocabulary loads with a handful
 # SDXL's micro-conditioning, in the order its UNet reads them (diffusers' add_time_ids)
 TIME_IDS = ("original height", "original width", "crop top", "crop left", "target height", "target width")
 
 def check_prompt(name: str, prompt, allow_empty: bool = False) -> str:
-    """A prompt must be a string; a blank one only where `allow_empty` (the source prompt: the
-    difference map is then taken against the unconditional, empty-prompt prediction)."""
+    """A prompt must be a string of UTF-8 text, at most MAX_PROMPT_CHARS long; a blank one only where
+    `allow_empty` (the source prompt: the difference map is then taken against the unconditional,
+    empty-prompt prediction)."""
     if not isinstance(prompt, str):
         raise TypeError(f"{name} must be a string, got {type(prompt).__name__}")
     if not allow_empty and not prompt.strip():
         raise ValueError(f"{name} must be a non-empty string")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{name} is {len(prompt):,} characters long, over the limit of {MAX_PROMPT_CHARS:,} (the text model "
+                         f"reads only its first few dozen words)")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: how Python reads a byte of the command line that is not UTF-8
+        raise ValueError(f"{name} is not UTF-8 text (character {e.start + 1}, {prompt[e.start]!r}, stands for a byte that "
+                         f"is not UTF-8); pass the prompt as UTF-8") from None
     return prompt
 
 
@@ -58,7 +69,7 @@ def tokenize(model, prompts: list[str], names: list[str] | None = None):
     tok = model.tokenizer
     length = model.max_prompt_tokens
     for i, p in enumerate(prompts):
-        n = len(tok(p).input_ids)
+        n = len(tok(p, verbose=False).input_ids)  # counted here; the library's own warning would say it again
         if n > length:
             label = names[i] if names else f"prompt {p[:40]!r}..."
             warnings.warn(f"{label} has {n} tokens, more than the text model's limit of {length}: "
@@ -92,7 +103,7 @@ def indistinct(model, source_prompt: str, target_prompt: str) -> str | None:
     tokens after lower-casing (the tokenizer ignores case and spacing), or a difference that
     lies only past the text model's token limit (the prompts are truncated there)."""
     tok = model.tokenizer
-    a, b = tok(source_prompt).input_ids, tok(target_prompt).input_ids
+    a, b = tok(source_prompt, verbose=False).input_ids, tok(target_prompt, verbose=False).input_ids
     if a == b:
         return "they are the same tokens after lower-casing (the tokenizer ignores case and spacing)"
     n = model.max_prompt_tokens

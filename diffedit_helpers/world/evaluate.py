@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     from ..models import load_model
 
     model = load_model(args.model)
-    config = config_from_args(args, DiffEditConfig.for_model(model))
+    config = config_from_args(args, DiffEditConfig.for_model(model), quiet=True)
     print(f"{len(edits)} held-out edits of {args.scenes} scenes (seeds from {args.first_seed}), model {args.model!r}, "
           f"threshold {config.threshold}, blur {config.blur}, fill_holes {config.fill_holes}, encoding {config.encoding}")
     if args.sweep:
