@@ -82,4 +82,4 @@ train: setup
 
 probe-snapshots: setup
 	@if [ -z "$(CHECKPOINTS)" ]; then echo "name the run's checkpoint folder: make probe-snapshots CHECKPOINTS=..."; exit 1; fi
-	$(RUN) benchmarks/probes.py snapshots --run "$(RUN_NAME)" $(CHECKPOINTS)
+	$(RUN) benchmarks/probes.py snapshots --run "$(RUN_NAME)" --checkpoints $(CHECKPOINTS)

@@ -1,7 +1,7 @@
 """Cheap held-out probes of a model while it trains, and the VAE's ceiling under the same judges.
 
     OMP_NUM_THREADS=1 python benchmarks/probes.py probe --run bundled --model diffedit_helpers/bundled
-    OMP_NUM_THREADS=1 python benchmarks/probes.py snapshots --run "long run 32x32" ~/diffedit-long-run
+    OMP_NUM_THREADS=1 python benchmarks/probes.py snapshots --run "long run 32x32" --checkpoints ~/diffedit-long-run
     OMP_NUM_THREADS=1 python benchmarks/probes.py ceiling --run bundled --model diffedit_helpers/bundled
 
 The probes (about 100 edits, 1.5-3 CPU minutes on the bundled model), on scenes from PROBE_SEED, disjoint
@@ -127,7 +127,7 @@ def write_curve_table(rows: list[dict]):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=("probe", "snapshots", "ceiling"))
-    p.add_argument("checkpoints", nargs="?", type=Path, help="snapshots: the run's checkpoint folder")
+    p.add_argument("--checkpoints", type=Path, help="snapshots: the run's checkpoint folder")
     p.add_argument("--run", required=True, help="the row's name (a model, or a training run)")
     p.add_argument("--model", type=Path, help="probe, ceiling: a model folder")
     args = p.parse_args(argv)
