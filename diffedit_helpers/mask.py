@@ -12,7 +12,7 @@ inputs, `user_mask` checks a mask the caller brings instead (no model work), and
 mask back to the latent grid for steps 2 and 3 (`edit`).
 `post_recipe_mask` is the blog post's mask line exactly, for comparison: threshold the raw map, blur
 the 0/1 mask as an 8-bit array (so each blurred value rounds to 0 or 1) and threshold again: the outline
-smooths and pinholes fill, the mask does not grow; `post_recipe_latent_mask` runs it where the post applied
+smooths and pinholes fill, no margin is added; `post_recipe_latent_mask` runs it where the post applied
 it, on the latent grid (its blur in latent cells), then brings the mask up to the image.
 Taught in notebooks 04_noise_to_mask and 05_threshold_and_blur; `ratio_mask`, diffusers' rule in place of
 min-max, and `refine_for` on an attention map in 09_successors.
@@ -251,8 +251,8 @@ def mask_levels(im: Image.Image, name: str = "mask") -> np.ndarray:
 def post_recipe_mask(raw_map: np.ndarray, threshold: float = 0.1, blur: int = 7) -> np.ndarray:
     """The blog post's mask line, exactly: `GaussianBlur(uint8(raw_map > threshold), (blur, blur), 0) > threshold`.
     The blur runs on an 8-bit 0/1 mask, so OpenCV rounds every blurred value to 0 or 1 and the result is
-    where the blurred mask is at least one half: the outline smooths, pinholes fill and specks thinner than
-    the kernel vanish, but the mask does not grow. `blur` 0 skips the blur. raw_map: (H, W) in [0, 1];
+    where the blurred mask is at least one half: the outline smooths, pinholes and notches fill and specks
+    thinner than the kernel vanish, but no margin is added around the outline. `blur` 0 skips the blur. raw_map: (H, W) in [0, 1];
     returns (H, W) bool."""
     import cv2
 
