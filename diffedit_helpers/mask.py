@@ -252,8 +252,8 @@ def post_recipe_mask(raw_map: np.ndarray, threshold: float = 0.1, blur: int = 7)
     """The blog post's mask line, exactly: `GaussianBlur(uint8(raw_map > threshold), (blur, blur), 0) > threshold`.
     The blur runs on an 8-bit 0/1 mask, so OpenCV rounds every blurred value to 0 or 1 and the result is
     where the blurred mask is at least one half: the outline smooths, pinholes and notches fill and specks
-    thinner than the kernel vanish, but no margin is added around the outline. `blur` 0 skips the blur. raw_map: (H, W) in [0, 1];
-    returns (H, W) bool."""
+    thinner than the kernel vanish, but no margin is added around the outline. `blur` 0 skips the blur.
+    raw_map: (H, W) in [0, 1]; returns (H, W) bool."""
     import cv2
 
     check_threshold(threshold)

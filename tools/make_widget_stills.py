@@ -79,7 +79,8 @@ def draw_control(draw: ImageDraw.ImageDraw, y: int, control) -> None:
         share, text = control.index / max(len(control.options) - 1, 1), control.label or str(control.value)
     else:  # a float slider or a progress bar: the value between min and max
         share = (control.value - control.min) / ((control.max - control.min) or 1)
-        text = f"{control.value:g}" if not isinstance(control, widgets.IntProgress) else f"{control.value} / {control.max}"
+        progress = isinstance(control, widgets.IntProgress)
+        text = f"{control.value} / {control.max}" if progress else f"{control.value:g}"
     knob = x0 + share * (x1 - x0)
     if isinstance(control, widgets.IntProgress):
         draw.rectangle((x0, mid - 5, x1, mid + 5), fill=(230, 230, 230))

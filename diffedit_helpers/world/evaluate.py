@@ -29,7 +29,7 @@ EVAL_KINDS = ("colour", "shape", "pattern")  # the kinds the mask IoU target is 
 
 
 # ----------------------------------------------------------------------------- the edits
-TUNE_SEED = HELD_OUT_SEED + 500_000  # thresholds and settings are chosen on scenes from here on, never on held-out ones
+TUNE_SEED = HELD_OUT_SEED + 500_000  # settings are tuned on scenes from here on, never on held-out ones
 
 
 def held_out_edits(n_scenes: int = 50, kinds=EVAL_KINDS, first_seed: int = HELD_OUT_SEED, cycle: bool = False) -> list[Edit]:
