@@ -1,6 +1,7 @@
 # make demo   set up (first time) and edit a shapes-world horse into a zebra with the bundled model
 # make test   set up (first time) and run the tests and every notebook under nbval (also on an SD-shaped model)
 # make bench  regenerate the README's Results section (benchmarks/; about an hour on one thread)
+# make notebooks  re-execute every notebook in place on the bundled model (the outputs nbval checks)
 # make train  retrain the bundled model from scratch in the background (CPU, about an hour; run again to resume)
 # make train ARCH=32x32 CPU_HOURS=20 CHECKPOINTS=$HOME/diffedit-long-run THREADS=1
 #             the long run: open-ended, one thread, checkpoints and snapshots kept outside the work tree; run again to resume
@@ -14,7 +15,7 @@ RUN := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY)
 # test worker processes, one thread each (pytest-xdist; a notebook's cells stay together on one: conftest.py)
 WORKERS ?= 2
 
-.PHONY: setup demo test test-compat test-colab-browser test-fast bench train probe-snapshots
+.PHONY: setup demo test test-compat test-colab-browser test-fast bench train probe-snapshots notebooks
 
 setup: $(VENV)/.installed
 
@@ -59,6 +60,12 @@ test-colab-browser: setup
 
 test-fast: setup
 	$(RUN) -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist loadscope tests -m "not slow"
+
+# the stored outputs come from the bundled model on the CPU; widget state is not saved (an explorer's is megabytes of
+# pictures, and GitHub shows the stills in images/widgets/ instead), which keeps every notebook under 1 MB
+notebooks: setup
+	for nb in notebooks/*.ipynb; do DIFFEDIT_MODEL=bundled $(RUN) -m nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=1200 --ExecutePreprocessor.store_widget_state=False $$nb || exit 1; done
 
 bench: setup
 	$(RUN) benchmarks/quality.py --all-kinds && $(RUN) benchmarks/speed.py --notebooks && $(RUN) benchmarks/update_readme.py

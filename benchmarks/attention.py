@@ -30,12 +30,11 @@ from diffedit_helpers import DiffEditConfig, difference_map, load_model, make_ma
 from diffedit_helpers.attention import DEFAULT_DOWNSCALES, DEFAULT_STRENGTHS, attention_maps
 from diffedit_helpers.mask import refine_for
 from diffedit_helpers.models import BUNDLED_PATH
-from diffedit_helpers.world.evaluate import EVAL_KINDS, held_out_edits, sweep
+from diffedit_helpers.world.evaluate import EVAL_KINDS, TUNE_SEED, held_out_edits, sweep
 from diffedit_helpers.world.metrics import mask_iou
 from diffedit_helpers.world.shapes import EDIT_KINDS, HELD_OUT_SEED, render
 
 RESULTS = Path(__file__).parent / "results"
-TUNE_SEED = HELD_OUT_SEED + 500_000  # thresholds are chosen on scenes from here on, never on the held-out ones
 THRESHOLDS = np.round(np.linspace(0.05, 0.95, 19), 2)
 MAPS = ("DiffEdit", "DiffEdit, no refinement", "attention", "attention, refined")
 

@@ -48,7 +48,7 @@ from diffedit_helpers.edit import composite
 from diffedit_helpers.mask import make_mask
 from diffedit_helpers.models import BUNDLED_PATH
 from diffedit_helpers.plotting import image_grid, overlay
-from diffedit_helpers.world.evaluate import EVAL_KINDS, edit_once, held_out_edits, measure
+from diffedit_helpers.world.evaluate import EVAL_KINDS, TUNE_SEED, edit_once, held_out_edits, measure
 from diffedit_helpers.world.metrics import background_psnr, edit_success, mask_iou
 from diffedit_helpers.world.shapes import EDIT_KINDS, HELD_OUT_SEED, render
 
@@ -56,7 +56,6 @@ RESULTS = Path(__file__).parent / "results"
 METHODS = ("ours (noise)", "ours (inversion)", "diffusers", "LEDITS++")
 OURS = METHODS[:2]
 CHANGE_THRESHOLD = 32  # a pixel counts as changed when its mean |output - input| over RGB exceeds this (0-255)
-TUNE_SEED = HELD_OUT_SEED + 500_000  # LEDITS++ is tuned on scenes from here on, never on the held-out ones
 TUNE_GRID = dict(edit_guidance_scale=(5.0, 10.0), edit_threshold=(0.75, 0.9), skip=(0.15, 0.3))
 THRESHOLDS = np.round(np.linspace(0.05, 0.95, 19), 2)  # ours: the normalised map's threshold
 RATIOS = np.round(np.linspace(0.5, 6.0, 23), 2)  # the peer: mask_thresholding_ratio (mask = map > ratio/2 x mean)

@@ -10,10 +10,10 @@ multiple of its mean, `clamp_map`), upsampled to the image
 thresholded and its holes filled (`make_mask`); `mask_maps` runs the whole chain from encoded
 inputs, `user_mask` checks a mask the caller brings instead (no model work), and `latent_mask` carries the
 mask back to the latent grid for steps 2 and 3 (`edit`).
-`post_recipe_mask` is the other common recipe, for comparison: threshold the raw map, then blur
-the binary mask and keep everything above the threshold again, which grows it; `post_recipe_latent_mask`
-runs it where it was first applied, on the latent grid (its blur in latent cells), then brings the mask
-up to the image.
+`post_recipe_mask` is the blog post's mask line exactly, for comparison: threshold the raw map, blur
+the 0/1 mask as an 8-bit array (so each blurred value rounds to 0 or 1) and threshold again: the outline
+smooths and pinholes fill, no margin is added; `post_recipe_latent_mask` runs it where the post applied
+it, on the latent grid (its blur in latent cells), then brings the mask up to the image.
 Taught in notebooks 04_noise_to_mask and 05_threshold_and_blur; `ratio_mask`, diffusers' rule in place of
 min-max, and `refine_for` on an attention map in 09_successors.
 
@@ -270,14 +270,19 @@ def mask_levels(im: Image.Image, name: str = "mask") -> np.ndarray:
 
 
 def post_recipe_mask(raw_map: np.ndarray, threshold: float = 0.1, blur: int = 7) -> np.ndarray:
-    """The threshold-then-blur recipe: binarise the unrefined map at `threshold`, blur that 0/1
-    mask with a Gaussian of `blur` pixels (odd), keep what is above `threshold` again.
-    With a low threshold the blur grows every region by a pixel or two and drops specks smaller
-    than the kernel. raw_map: (H, W) in [0, 1]; returns (H, W) bool."""
+    """The blog post's mask line, exactly: `GaussianBlur(uint8(raw_map > threshold), (blur, blur), 0) > threshold`.
+    The blur runs on an 8-bit 0/1 mask, so OpenCV rounds every blurred value to 0 or 1 and the result is
+    where the blurred mask is at least one half: the outline smooths, pinholes and notches fill and specks
+    thinner than the kernel vanish, but no margin is added around the outline. `blur` 0 skips the blur.
+    raw_map: (H, W) in [0, 1]; returns (H, W) bool."""
+    import cv2
+
     check_threshold(threshold)
     blur = check_kernel("blur", blur)
-    binary = threshold_mask(raw_map, threshold).astype(np.float32)  # (H, W) in {0, 1}
-    return threshold_mask(blur_mask(binary, blur), threshold)
+    binary = threshold_mask(raw_map, threshold).astype(np.uint8)  # (H, W) in {0, 1}, 8-bit as in the post
+    if blur == 0:
+        return binary > threshold
+    return cv2.GaussianBlur(binary, (blur, blur), 0.0) > threshold  # OpenCV's default border, as in the post
 
 
 def ratio_mask(raw: torch.Tensor | np.ndarray, ratio: float = 3.0) -> np.ndarray:

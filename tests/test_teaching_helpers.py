@@ -36,18 +36,52 @@ def test_a_ddim_step_is_x0_hat_renoised_to_the_next_level(scheduler, gen):
         torch.testing.assert_close(by_hand, scheduler.step(eps, t, x_t).prev_sample, atol=1e-5, rtol=1e-5)
 
 
-def test_the_post_recipe_grows_a_region_and_drops_a_speck():
+def _posts_line(all_preds, threshold=0.1, blur=7):
+    "The blog post's two lines, written as it writes them (initial_mask, then the 8-bit blur)."
+    import cv2 as cv
+
+    initial_mask = (all_preds > threshold).astype(float)
+    return (cv.GaussianBlur(np.array(initial_mask, dtype=np.uint8), (blur, blur), 0.) > threshold).astype(float)
+
+
+def _smooth_random_maps(n, size, seed=0):
+    "Min-max scaled random maps with blobs, edges and specks, like difference maps: (size, size) float32 each."
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        m = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), rng.uniform(0.5, 3))
+        m = (m - m.min()) / (m.max() - m.min())
+        yield m ** rng.uniform(1, 4)  # mostly dark, a few bright regions, as a difference map
+
+
+def test_the_post_recipe_is_the_posts_line_on_any_map_where_a_float_blur_is_not():
+    import cv2
+
+    differs = 0
+    for size, blur, threshold in ((16, 7, 0.1), (64, 7, 0.1), (16, 3, 0.3), (64, 5, 0.05)):
+        for m in _smooth_random_maps(20, size, seed=size + blur):
+            ours = post_recipe_mask(m, threshold, blur)
+            assert ours.dtype == bool and ours.shape == m.shape
+            np.testing.assert_array_equal(ours, _posts_line(m, threshold, blur) > 0)
+            binary = (m > threshold).astype(np.float32)
+            float_blur = cv2.GaussianBlur(binary, (blur, blur), 0, borderType=cv2.BORDER_REPLICATE) > threshold
+            differs += not np.array_equal(float_blur, ours)
+    assert differs >= 40  # a floating-point blur grows the mask: on most of these maps it is not the post's line
+
+
+def test_the_post_recipe_smooths_the_mask_and_does_not_grow_it():
     raw = np.zeros((64, 64), np.float32)
     raw[20:40, 20:40] = 0.5  # a 20 x 20 square above the threshold
+    raw[30, 30] = 0.0  # a pinhole inside it
     raw[5, 50] = 0.9  # one isolated pixel
     mask = post_recipe_mask(raw, threshold=0.1, blur=7)
-    assert mask.dtype == bool and mask.shape == raw.shape
-    ys, xs = np.nonzero(mask)
-    # a 7-px Gaussian (sigma 1.4) leaves > 0.1 up to 2 pixels outside a straight edge
-    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (18, 41, 18, 41)
-    assert mask[20:40, 20:40].all()  # never loses the thresholded region's inside
-    assert not mask[5, 50]  # a lone pixel blurs to 0.08 < 0.1
-    assert not mask[:, :16].any() and not mask[44:].any()
+    square = np.zeros_like(mask)
+    square[20:40, 20:40] = True
+    assert mask[30, 30]  # the pinhole filled
+    assert not mask[5, 50]  # the speck gone
+    assert not (mask & ~square).any()  # nothing outside the square: no growth
+    assert mask[21:39, 21:39].all() and (square & ~mask).sum() <= 4 * 3  # at most the corners rounded off
 
 
 def test_the_post_recipe_without_blur_is_the_threshold():
@@ -93,10 +127,11 @@ def test_the_posts_recipe_on_the_latent_grid_blurs_in_cells_and_brings_whole_cel
     cells = post_recipe_mask(small, 0.1, 7)  # the same recipe, at latent resolution
     assert mask.shape == (64, 64) and mask.dtype == bool
     np.testing.assert_array_equal(mask, np.kron(cells, np.ones((4, 4), bool)))  # each cell a 4 x 4 block
-    assert cells.sum() > (small > 0.1).sum() + 4 * 4  # a 7-cell kernel grows the object by more than a cell's ring
-    # the same 7 read as image pixels (under two cells here) grows the upsampled object far less
+    # a 7-cell kernel (sigma 1.4 cells) on a 4-cell object: the rounded blur keeps only its core, never more
+    assert 0 < cells.sum() < (small > 0.1).sum() and not (cells & (small <= 0.1)).any()
+    # the same 7 read as image pixels (under two cells here) keeps far more of the upsampled object
     pixels = post_recipe_mask(np.kron(small, np.ones((4, 4), np.float32)), 0.1, 7)
-    assert pixels.sum() < mask.sum()
+    assert pixels.sum() > mask.sum()
     with pytest.raises(ValueError, match=r"latent_map must be \(h, w\)"):
         post_recipe_latent_mask(np.zeros((1, 16, 16)), (64, 64))
 

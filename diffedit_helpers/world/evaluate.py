@@ -29,6 +29,9 @@ EVAL_KINDS = ("colour", "shape", "pattern")  # the kinds the mask IoU target is 
 
 
 # ----------------------------------------------------------------------------- the edits
+TUNE_SEED = HELD_OUT_SEED + 500_000  # settings are tuned on scenes from here on, never on held-out ones
+
+
 def held_out_edits(n_scenes: int = 50, kinds=EVAL_KINDS, first_seed: int = HELD_OUT_SEED, cycle: bool = False) -> list[Edit]:
     """Edits of object 0 of the first `n_scenes` scenes with an object, seeds `first_seed`, `first_seed + 1`, ...
 
