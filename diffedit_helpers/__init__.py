@@ -50,6 +50,7 @@ from .noising import (
     timestep_at,
     to_epsilon,
 )
+from .pipeline import DiffEditPipeline
 from .text import encode_prompts, tokenize
 
 # the mask explorer (ipywidgets) is imported where it is used: `from diffedit_helpers.widgets import mask_explorer`
@@ -61,5 +62,5 @@ __all__ = [
     "make_mask", "refine_map", "difference_map", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds",
     "composite", "feather_alpha", "mask_maps", "to_epsilon", "to_rgb", "fit_size", "predicted_x0", "alpha_bar",
     "post_recipe_mask", "post_recipe_latent_mask", "clamp_map", "scale_map", "generator_streams",
-    "latent_difference",
+    "latent_difference", "DiffEditPipeline",
 ]

@@ -118,7 +118,8 @@ def ddim_invert(model, latents, embeddings, scheduler, start_index: int = 0, unc
 
 @torch.no_grad()
 def masked_denoise(model, latents, backgrounds, mask, cond, uncond, scheduler, start_index: int = 0,
-                   guidance: float = 7.5, callback=None, progress: bool = False, step_end=None) -> torch.Tensor:
+                   guidance: float = 7.5, callback=None, progress: bool = False, step_end=None,
+                   step_kwargs: dict | None = None) -> torch.Tensor:
     """Denoise `latents` (B, C, h, w) from scheduler.timesteps[start_index] to clean, editing
     only inside `mask` (1, 1, h, w) in {0, 1}.
 
@@ -128,6 +129,8 @@ def masked_denoise(model, latents, backgrounds, mask, cond, uncond, scheduler, s
     step_end(step, timestep, latents) -> latents, if given, is called after each step and what it
     returns replaces the latents (diffusers' callback_on_step_end); then callback(step, timestep,
     latents) is called. A step_end whose `interrupted` is true stops the loop (diffusers' pipe._interrupt).
+    step_kwargs go to every scheduler.step (e.g. DDIM's eta and generator); any scheduler that steps
+    from timesteps[k] to timesteps[k + 1] works (its scale_model_input is applied).
     """
     from tqdm.auto import tqdm
 
@@ -138,9 +141,9 @@ def masked_denoise(model, latents, backgrounds, mask, cond, uncond, scheduler, s
             break
         t = ts[k]
         # 1. predict the noise towards the target prompt (classifier-free guidance)
-        eps = guided_noise(model, x, t, cond, uncond, guidance)
+        eps = guided_noise(model, scheduler.scale_model_input(x, t), t, cond, uncond, guidance)
         # 2. one DDIM step down to the next level
-        x = scheduler.step(eps, t, x).prev_sample
+        x = scheduler.step(eps, t, x, **(step_kwargs or {})).prev_sample
         # 3. outside the mask, the original at that same next level (clean after the last step)
         x = mask * x + (1 - mask) * backgrounds[k + 1]
         if step_end is not None:
