@@ -42,10 +42,13 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import AutoencoderKL, DDIMInverseScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
+from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
 from .edit import masked_denoise
 from .latents import decode_latents as decode_pixels
@@ -187,8 +190,11 @@ class DiffEditPipeline(DiffusionPipeline):
     _optional_components = ["safety_checker", "feature_extractor", "inverse_scheduler"]
     _exclude_from_cpu_offload = ["safety_checker"]
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, safety_checker=None, feature_extractor=None,
-                 inverse_scheduler=None, requires_safety_checker: bool = True):
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 unet: UNet2DConditionModel, scheduler: KarrasDiffusionSchedulers,
+                 safety_checker: StableDiffusionSafetyChecker | None = None,
+                 feature_extractor: CLIPImageProcessor | None = None, inverse_scheduler: DDIMInverseScheduler | None = None,
+                 requires_safety_checker: bool = True):
         super().__init__()
         if safety_checker is not None and feature_extractor is None:
             raise ValueError("safety_checker needs a feature_extractor; pass both, or safety_checker=None")
@@ -350,8 +356,6 @@ class DiffEditPipeline(DiffusionPipeline):
     def inverse_or_default(self):
         "The inverse scheduler; without one, DDIM's inverse built from the scheduler's config."
         if self.inverse_scheduler is None:
-            from diffusers import DDIMInverseScheduler
-
             return DDIMInverseScheduler.from_config(self.scheduler.config)
         return self.inverse_scheduler
 
