@@ -50,8 +50,18 @@ from .noising import (
     timestep_at,
     to_epsilon,
 )
-from .pipeline import DiffEditPipeline
 from .text import encode_prompts, tokenize
+
+PIPELINES = ("DiffEditPipeline",)  # diffusers-API pipelines (`pipeline`), imported on first use: diffusers loads slowly
+
+
+def __getattr__(name):
+    if name in PIPELINES:
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # the mask explorer (ipywidgets) is imported where it is used: `from diffedit_helpers.widgets import mask_explorer`
 __all__ = [

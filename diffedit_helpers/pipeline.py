@@ -45,10 +45,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMInverseScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
-from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
-from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
 from .edit import masked_denoise
 from .latents import decode_latents as decode_pixels
@@ -190,10 +187,9 @@ class DiffEditPipeline(DiffusionPipeline):
     _optional_components = ["safety_checker", "feature_extractor", "inverse_scheduler"]
     _exclude_from_cpu_offload = ["safety_checker"]
 
-    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                 unet: UNet2DConditionModel, scheduler: KarrasDiffusionSchedulers,
-                 safety_checker: StableDiffusionSafetyChecker | None = None,
-                 feature_extractor: CLIPImageProcessor | None = None, inverse_scheduler: DDIMInverseScheduler | None = None,
+    # the diffusers models are annotated: from_pipe carries a model over only when its class matches
+    def __init__(self, vae: AutoencoderKL, text_encoder, tokenizer, unet: UNet2DConditionModel, scheduler,
+                 safety_checker=None, feature_extractor=None, inverse_scheduler: DDIMInverseScheduler | None = None,
                  requires_safety_checker: bool = True):
         super().__init__()
         if safety_checker is not None and feature_extractor is None:
@@ -365,13 +361,16 @@ class DiffEditPipeline(DiffusionPipeline):
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, negative_prompt=None,
                  num_images_per_prompt: int = 1, eta: float = 0.0, generator=None, latents=None, prompt_embeds=None,
                  negative_prompt_embeds=None, output_type: str = "pil", return_dict: bool = True, callback=None,
-                 callback_steps: int = 1, cross_attention_kwargs=None, clip_skip=None):
+                 callback_steps: int = 1, cross_attention_kwargs=None, clip_skip=None, callback_on_step_end=None):
         """Step 3: denoise from the inverted latents towards `prompt`, inside `mask_image` only.
 
         image_latents: `invert`'s latents (B, K, C, h, w) (or (B * K, C, h, w)). The edit runs the last
         int(num_inference_steps * inpaint_strength) steps, which must be at most K. Returns
         StableDiffusionPipelineOutput(images, nsfw_content_detected), or that tuple with
         return_dict=False; images as output_type ("pil", "np" (N, H, W, 3), "pt", "latent").
+        callback_on_step_end(pipe, step, timestep, {"latents": ...}) -> dict, diffusers' newer hook (not
+        in the deprecated pipeline): a "latents" entry in what it returns replaces them, and
+        `pipe._interrupt = True` stops the denoising early (`DiffusersStepEnd`).
         """
         # 1. check the arguments, before any model work
         check_positive_int("num_inference_steps", num_inference_steps)
@@ -385,6 +384,8 @@ class DiffEditPipeline(DiffusionPipeline):
             raise ValueError("mask_image must be given: compute it with generate_mask()")
         if image_latents is None:
             raise ValueError("image_latents must be given: compute them with invert()")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError(f"callback_on_step_end must be a function or None, got {type(callback_on_step_end).__name__}")
         model = self.lesson_model()
         # 2. the prompts (B * r, L, D), r = num_images_per_prompt
         r = num_images_per_prompt
@@ -403,8 +404,9 @@ class DiffEditPipeline(DiffusionPipeline):
         # 5. masked denoising towards the prompt
         step = None if callback is None else (lambda i, t, x: callback(i, t, x) if i % callback_steps == 0 else None)
         step_kwargs = {"eta": eta, "generator": generator} if eta else None
+        step_end = None if callback_on_step_end is None else DiffusersStepEnd(self, callback_on_step_end)
         x = masked_denoise(model, backgrounds[k0], backgrounds, mask, cond, uncond, self.scheduler, k0,
-                              guidance_scale, step, self.progress(), step_kwargs)
+                           guidance_scale, step, self.progress(), step_end, step_kwargs)
         # 6. back to pixels
         if output_type == "latent":
             self.maybe_free_model_hooks()
@@ -449,3 +451,41 @@ class DiffEditPipeline(DiffusionPipeline):
         checked, nsfw = self.safety_checker(images=pixels, clip_input=features.pixel_values.to(pixels.dtype))
         return checked, nsfw
 
+
+class DiffusersStepEnd:
+    """Our step_end(step, timestep, latents) -> latents from diffusers' callback_on_step_end(pipe,
+    step, timestep, callback_kwargs) -> dict: callback_kwargs is {"latents": latents}, and a
+    "latents" entry in the dict it returns replaces them (a tensor of the same shape, finite; moved
+    to their device and dtype). `pipe._interrupt = True`, set by the callback, stops the denoising
+    after that step as in diffusers (`interrupted`): the latents reached are decoded. Recipes that
+    change guidance or the prompts mid-run (`pipe._guidance_scale`, "prompt_embeds" in the dict
+    returned) are refused: DiffEdit's guidance is fixed for the whole edit."""
+
+    def __init__(self, pipe, callback_on_step_end):
+        self.pipe, self.callback = pipe, callback_on_step_end
+        pipe._interrupt = False
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(getattr(self.pipe, "_interrupt", False))
+
+    def __call__(self, step, timestep, latents):
+        guidance = vars(self.pipe).get("_guidance_scale")
+        out = self.callback(self.pipe, step, timestep, {"latents": latents})
+        if not isinstance(out, dict):
+            raise TypeError(f"callback_on_step_end must return a dict (diffusers' convention), got {type(out).__name__}")
+        if vars(self.pipe).get("_guidance_scale") != guidance or set(out) - {"latents"}:
+            changed = sorted(set(out) - {"latents"}) or ["pipe._guidance_scale"]
+            raise ValueError(f"callback_on_step_end changed {', '.join(changed)}: changing guidance or the prompts during the "
+                             f"edit is not supported (guidance is guidance_scale for the whole edit); return only "
+                             f"{{'latents': ...}}, or set pipe._interrupt = True to stop early")
+        new = out.get("latents", latents)
+        if not isinstance(new, torch.Tensor):
+            raise TypeError(f"callback_on_step_end must return latents as a torch.Tensor of shape {tuple(latents.shape)}, "
+                            f"got {type(new).__name__}")
+        if new.shape != latents.shape:
+            raise ValueError(f"callback_on_step_end returned latents of shape {tuple(new.shape)}; "
+                             f"they must keep the shape {tuple(latents.shape)}")
+        if not torch.isfinite(new).all():
+            raise ValueError(f"callback_on_step_end returned latents holding NaN or inf at step {step}")
+        return new.to(device=latents.device, dtype=latents.dtype)

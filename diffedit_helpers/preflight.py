@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, DiffEditWarning
-from .models import BUNDLED_PATH, ModelLoadError
-from .text import check_tokenizer
+from .models import BUNDLED_PATH, ModelLoadError, check_tokenizer
 
 TRAINING_FILE = "training.json"
 SLOW_SECONDS = 60.0  # warn when an edit is estimated to take longer than this

@@ -214,3 +214,79 @@ def test_from_pretrained_and_from_pipe_load_what_the_deprecated_pipeline_loads(t
     again = DiffEditPipeline.from_pretrained(tmp_path / "saved", torch_dtype=torch.float32)
     assert type(again.inverse_scheduler).__name__ == "DDIMInverseScheduler"
     assert all(torch.equal(p, q) for p, q in zip(again.unet.parameters(), ours.unet.parameters()))
+
+
+# ----------------------------------------------------------------------------- diffusers' step-end hook
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_model):
+    "DiffEditPipeline on the tiny random components (fast): only ours, no comparison."
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    m = tiny_model
+    pipe = DiffEditPipeline(vae=m.vae, text_encoder=m.text_encoder, tokenizer=m.tokenizer, unet=m.unet,
+                            scheduler=DDIMScheduler.from_config(m.scheduler_config),
+                            inverse_scheduler=DDIMInverseScheduler.from_config(m.scheduler_config),
+                            requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    image = render(EDIT.source)[0]
+    latents = pipe.invert(prompt=SRC, image=image, num_inference_steps=6, inpaint_strength=1.0, generator=_gen()).latents
+    return pipe, latents
+
+
+def _tiny_edit(tiny_pipe, **kw):
+    pipe, latents = tiny_pipe
+    return pipe(prompt=TGT, mask_image=np.ones(latents.shape[-2:]), image_latents=latents, num_inference_steps=6,
+                inpaint_strength=1.0, output_type="np", **kw).images
+
+
+def test_callback_on_step_end_has_diffusers_signature_and_can_replace_the_latents(tiny_pipe):
+    pipe, latents = tiny_pipe
+    seen = []
+
+    def watch(p, step, timestep, callback_kwargs):
+        seen.append((p, step, int(timestep), callback_kwargs["latents"].shape))
+        return {}
+
+    plain, watched = _tiny_edit(tiny_pipe), _tiny_edit(tiny_pipe, callback_on_step_end=watch)
+    assert [s[1] for s in seen] == list(range(6)) and all(s[0] is pipe for s in seen)
+    assert len({s[2] for s in seen}) == 6 and all(s[3] == latents[:, 0].shape for s in seen)
+    np.testing.assert_array_equal(plain, watched)  # returning nothing new changes nothing
+    zeroed = _tiny_edit(tiny_pipe, callback_on_step_end=lambda p, s, t, kw: {"latents": torch.zeros_like(kw["latents"])})
+    assert not np.allclose(zeroed, plain)
+    with pytest.raises(TypeError, match=r"^callback_on_step_end must return a dict \(diffusers' convention\), got NoneType"):
+        _tiny_edit(tiny_pipe, callback_on_step_end=lambda *a: None)
+    with pytest.raises(TypeError, match="^callback_on_step_end must be a function or None"):
+        _tiny_edit(tiny_pipe, callback_on_step_end="print")
+
+
+def test_pipe_interrupt_stops_the_denoising_as_in_diffusers(tiny_pipe):
+    steps = []
+
+    def stop_after_two(pipe, step, timestep, kwargs):
+        steps.append(step)
+        pipe._interrupt = step >= 1
+        return kwargs
+
+    _tiny_edit(tiny_pipe, callback_on_step_end=stop_after_two)
+    assert steps == [0, 1]
+    full = []
+    _tiny_edit(tiny_pipe, callback_on_step_end=lambda pipe, step, t, kw: (full.append(step), kw)[1])
+    assert full == list(range(6))  # the next call starts with the interrupt cleared
+
+
+def test_a_callback_changing_guidance_or_prompts_is_refused(tiny_pipe):
+    def dynamic_guidance(pipe, step, timestep, kwargs):
+        pipe._guidance_scale = 0.0
+        return kwargs
+
+    with pytest.raises(ValueError, match=r"callback_on_step_end changed pipe._guidance_scale"):
+        _tiny_edit(tiny_pipe, callback_on_step_end=dynamic_guidance)
+    with pytest.raises(ValueError, match=r"callback_on_step_end changed prompt_embeds"):
+        _tiny_edit(tiny_pipe, callback_on_step_end=lambda p, s, t, kw: {**kw, "prompt_embeds": None})
+
+
+def test_bad_latents_from_a_callback_are_blamed_on_the_callback(tiny_pipe):
+    with pytest.raises(ValueError, match=r"^callback_on_step_end returned latents holding NaN or inf at step 0"):
+        _tiny_edit(tiny_pipe, callback_on_step_end=lambda p, s, t, kw: {"latents": kw["latents"] * float("nan")})
+    with pytest.raises(TypeError, match=r"^callback_on_step_end must return latents as a torch.Tensor .* got ndarray"):
+        _tiny_edit(tiny_pipe, callback_on_step_end=lambda p, s, t, kw: {"latents": kw["latents"].numpy()})
