@@ -52,7 +52,7 @@ from .noising import (
 )
 from .text import encode_prompts, tokenize
 
-PIPELINES = ("DiffEditPipeline",)  # diffusers-API pipelines (`pipeline`), imported on first use: diffusers loads slowly
+PIPELINES = ("DiffEditPipeline", "DiffEditXLPipeline")  # diffusers-API pipelines (`pipeline`), imported on first use: diffusers loads slowly
 
 
 def __getattr__(name):
@@ -72,5 +72,5 @@ __all__ = [
     "make_mask", "refine_map", "difference_map", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds",
     "composite", "feather_alpha", "mask_maps", "to_epsilon", "to_rgb", "fit_size", "predicted_x0", "alpha_bar",
     "post_recipe_mask", "post_recipe_latent_mask", "clamp_map", "scale_map", "generator_streams",
-    "latent_difference", "DiffEditPipeline",
+    "latent_difference", "DiffEditPipeline", "DiffEditXLPipeline",
 ]

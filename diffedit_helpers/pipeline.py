@@ -150,6 +150,15 @@ def latent_masks(mask_image, batch: int, latent_size: tuple[int, int], scale_fac
     return masks.expand(batch, -1, -1, -1)
 
 
+def image_latents_shape(image_latents) -> tuple:
+    "The shape of `invert`'s latents as given (a tensor, or a list of them stacked on the first axis)."
+    if isinstance(image_latents, list) and image_latents and isinstance(image_latents[0], torch.Tensor):
+        return (sum(len(t) for t in image_latents), *image_latents[0].shape[1:])
+    if not isinstance(image_latents, torch.Tensor):
+        raise ValueError("image_latents must be invert()'s latents: a tensor (B, K, C, h, w)")
+    return tuple(image_latents.shape)
+
+
 def mask_output(masks: np.ndarray, output_type: str):
     "(B, h, w) float32 masks in {0, 1} as output_type: \"np\" int64 (B, h, w), \"pt\" a tensor of it, \"pil\" B \"L\" images (255 inside)."
     if output_type == "pil":
@@ -212,9 +221,13 @@ class DiffEditPipeline(DiffusionPipeline):
     def prompt_embeddings(self, model, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, name: str,
                           repeat: int = 1, size=None):
         """(cond, uncond) embeddings, (B * repeat, L, D) each, each prompt's rows together: from the
-        prompts (an empty negative prompt by default) or the embeddings given."""
+        prompts (an empty negative prompt by default) or the embeddings given. On SDXL (`text.XLEmbeddings`)
+        the time ids say the image is `size` = (H, W); SDXL takes prompts only."""
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError(f"give either {name} or {name}_embeds (exactly one)")
+        if model.is_xl and (prompt_embeds is not None or negative_prompt_embeds is not None):
+            raise ValueError(f"{name}_embeds are not supported on SDXL (its conditioning has pooled embeddings and time "
+                             f"ids too): give {name}")
         if prompt is not None:
             prompts = check_prompt_list(prompt, name)
             cond = encode_prompts(model, prompts, names=[name] * len(prompts), size=size)
@@ -233,11 +246,14 @@ class DiffEditPipeline(DiffusionPipeline):
         rows = torch.arange(b, device=model.device).repeat_interleave(repeat)
         return cond[rows], uncond[rows]
 
-    def image_latents_of(self, model, image, batch: int, n: int, generator) -> torch.Tensor:
-        "The image(s) -> n VAE posterior draws per prompt: (batch * n, C, h, w); one image serves every prompt."
+    def pixels_of(self, image) -> torch.Tensor:
+        "The image(s) as (1 or B, 3, H, W) in [-1, 1], sides made multiples of the VAE factor (diffusers' VaeImageProcessor)."
         if image is None:
             raise ValueError("image must be given (a PIL image, an array or a tensor)")
-        pixels = self.image_processor.preprocess(image)  # (1 or B, 3, H, W) in [-1, 1]
+        return self.image_processor.preprocess(image)
+
+    def image_latents_of(self, model, pixels, batch: int, n: int, generator) -> torch.Tensor:
+        "Pixels (1 or B, 3, H, W) -> n VAE posterior draws per prompt: (batch * n, C, h, w); one image serves every prompt."
         if len(pixels) not in (1, batch):
             raise ValueError(f"image holds {len(pixels)} images; give one, or one per prompt ({batch})")
         return encode_samples(model, pixels.expand(batch, -1, -1, -1), n, generator)
@@ -272,18 +288,20 @@ class DiffEditPipeline(DiffusionPipeline):
         check_unsupported(cross_attention_kwargs=cross_attention_kwargs)
         check_generator(generator)
         model, n = self.lesson_model(), num_maps_per_mask
+        pixels = self.pixels_of(image)
         # 2. prompts -> (B * n, L, D) each
+        size = tuple(pixels.shape[-2:])
         tgt, tgt_neg = self.prompt_embeddings(model, target_prompt, target_negative_prompt, target_prompt_embeds,
-                                              target_negative_prompt_embeds, "target_prompt", n)
+                                              target_negative_prompt_embeds, "target_prompt", n, size)
         src, src_neg = self.prompt_embeddings(model, source_prompt, source_negative_prompt, source_prompt_embeds,
-                                              source_negative_prompt_embeds, "source_prompt", n)
+                                              source_negative_prompt_embeds, "source_prompt", n, size)
         if len(src) != len(tgt):
             raise ValueError(f"source_prompt and target_prompt must be as many ({len(src) // n} and {len(tgt) // n})")
         batch = len(tgt) // n
         # 3. n posterior draws per image, noised to the mask level: (B * n, C, h, w)
         self.scheduler.set_timesteps(num_inference_steps, device=model.device)
         t = self.scheduler.timesteps[strength_start(num_inference_steps, mask_encode_strength)]
-        latents = self.image_latents_of(model, image, batch, n, generator)
+        latents = self.image_latents_of(model, pixels, batch, n, generator)
         noise = draw_noise(latents.shape, generator, latents.device, latents.dtype)
         noisy = add_noise(self.scheduler, latents, noise, t)
         # 4. the prompts' difference, (B * n, C, h, w) -> one map per image (B, h, w)
@@ -323,10 +341,11 @@ class DiffEditPipeline(DiffusionPipeline):
             raise ValueError(f"num_reg_steps must be 0: the inversion's noise regularisation is not supported, got {num_reg_steps!r}")
         check_generator(generator)
         model = self.lesson_model()
+        pixels = self.pixels_of(image)
         # 2. the image's latents (B, C, h, w) and the prompts' embeddings (B, L, D)
         cond, uncond = self.prompt_embeddings(model, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                              "prompt")
-        x = self.image_latents_of(model, image, len(cond), 1, generator)
+                                              "prompt", 1, tuple(pixels.shape[-2:]))
+        x = self.image_latents_of(model, pixels, len(cond), 1, generator)
         clean = x
         # 3. up the levels with the inverse scheduler: the K least noisy timesteps, least noisy first
         inverse = self.inverse_or_default()
@@ -389,8 +408,9 @@ class DiffEditPipeline(DiffusionPipeline):
         model = self.lesson_model()
         # 2. the prompts (B * r, L, D), r = num_images_per_prompt
         r = num_images_per_prompt
+        size = tuple(int(side) * self.vae_scale_factor for side in image_latents_shape(image_latents)[-2:])
         cond, uncond = self.prompt_embeddings(model, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                              "prompt", r)
+                                              "prompt", r, size)
         batch = len(cond) // r
         # 3. the levels: backgrounds[k] at the level of timesteps[k], the clean latents last
         self.scheduler.set_timesteps(num_inference_steps, device=model.device)
@@ -444,12 +464,40 @@ class DiffEditPipeline(DiffusionPipeline):
 
     def run_safety_checker(self, pixels):
         "(pixels, nsfw flags): without a safety checker, the pixels as they are and None."
-        if self.safety_checker is None:
+        if getattr(self, "safety_checker", None) is None:  # (SDXL has none)
             return pixels, None
         pil = self.image_processor.postprocess(pixels, output_type="pil")
         features = self.feature_extractor(pil, return_tensors="pt").to(pixels.device)
         checked, nsfw = self.safety_checker(images=pixels, clip_input=features.pixel_values.to(pixels.dtype))
         return checked, nsfw
+
+
+class DiffEditXLPipeline(DiffEditPipeline):
+    """DiffEdit for Stable Diffusion XL with the same three calls and arguments as `DiffEditPipeline`
+    (the first DiffEdit for SDXL): `generate_mask`, `invert`, `__call__`. The components are
+    `StableDiffusionXLPipeline`'s (two text encoders and tokenizers; no safety checker) plus the
+    inverse scheduler, so `DiffEditXLPipeline.from_pretrained(sdxl_folder, scheduler=DDIMScheduler...,
+    inverse_scheduler=DDIMInverseScheduler...)` and `from_pipe(sdxl_pipe)` load it. The UNet is
+    conditioned as diffusers' SDXL pipelines condition it (`text.encode_prompts_xl`): both encoders'
+    penultimate states, the pooled projection, and time ids for the image's own size; with
+    `force_zeros_for_empty_prompt` (SDXL's default) the empty negative prompt is zeros. Prompts only
+    (prompt_embeds are refused). The differences from the deprecated SD pipeline are `DiffEditPipeline`'s.
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
+    _optional_components = ["inverse_scheduler"]
+    _exclude_from_cpu_offload = []
+
+    def __init__(self, vae: AutoencoderKL, text_encoder, text_encoder_2, tokenizer, tokenizer_2,
+                 unet: UNet2DConditionModel, scheduler, inverse_scheduler: DDIMInverseScheduler | None = None,
+                 force_zeros_for_empty_prompt: bool = True):
+        DiffusionPipeline.__init__(self)
+        self.register_modules(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                              tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, inverse_scheduler=inverse_scheduler)
+        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._inverted = None
 
 
 class DiffusersStepEnd:
