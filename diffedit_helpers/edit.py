@@ -30,14 +30,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import DiffEditConfig, DiffEditWarning, check_for_image
-from .inputs import fit_picture
+from .config import DiffEditConfig, DiffEditWarning
 from .latents import decode_to_images, encode_image
 from .mask import blur_mask, check_finite, latent_mask, make_mask, mask_maps, raw_difference, user_mask
 from .models import as_model
 from .noising import add_noise, alpha_bar, draw_noise, generator_streams, guided_noise, make_scheduler, to_epsilon
-from .preflight import check_model, warn_before_editing
-from .text import check_prompt, encode_prompts, indistinct
+from .preflight import check_callables, check_edit_inputs, check_generator, check_model, checked_config, prepare_inputs
+from .text import encode_prompts
 
 # the stages of one edit, in order (encoding: inversion or noising to the start level)
 STAGES = ("encode", "text", "mask", "encoding", "denoising", "decode", "composite")
@@ -184,56 +183,6 @@ def stage(name: str, on_stage=None):
             on_stage(name, "end")
 
 
-def checked_config(config, model=None) -> DiffEditConfig:
-    """A validated copy of `config` (None: the defaults for `model`, `DiffEditConfig.for_model`):
-    the caller's object is never changed."""
-    if config is None:
-        config = DiffEditConfig.for_model(model) if model is not None else DiffEditConfig()
-    if not isinstance(config, DiffEditConfig):
-        raise TypeError(f"config must be a DiffEditConfig or None, got {type(config).__name__}")
-    return config.replace().validate()
-
-
-def check_generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None (e.g. torch.Generator().manual_seed(0)), "
-                        f"got {type(generator).__name__}")
-    if generator is not None and generator.device.type == "meta":
-        raise ValueError("generator is on the meta device, which holds no random numbers; use torch.Generator() (the CPU) "
-                         "or torch.Generator(model.device)")
-
-
-def prepare_inputs(model, image, source_prompt, target_prompt, config=None, fit: str = "error", max_side: int | None = None):
-    """Every check `diffedit` makes before model work, for one image: returns (RGB image, validated
-    copy of config). Raises ValueError/TypeError naming the bad argument. For other entry points
-    that take the same arguments (a mask-only run, an evaluation)."""
-    model = as_model(model)
-    config = checked_config(config, model)
-    check_model(model, config.steps)
-    return _prepare(model, image, source_prompt, target_prompt, config, fit, max_side)[0], config
-
-
-def _prepare(model, image, source_prompt, target_prompt, config, fit, max_side=None, has_mask: bool = False):
-    """Check the prompts and the image (config and model already checked); no model work. Returns
-    (the RGB image after `fit`, its (H, W) before) (`inputs.fit_picture`). The source prompt may be empty: the map is then taken against the unconditional
-    prediction. Warns when the text model cannot tell the prompts apart, when the model was never
-    trained on such an edit, and when the edit will be slow here."""
-    check_prompt("source_prompt", source_prompt, allow_empty=True)
-    check_prompt("target_prompt", target_prompt)
-    image, original = fit_picture(model, image, fit, max_side)
-    f = model.vae_scale_factor
-    check_for_image(config, image.width, image.height, f)
-    if not has_mask:  # with the caller's mask the prompts need not differ
-        if source_prompt.strip() == target_prompt.strip():
-            warnings.warn("source_prompt and target_prompt are identical: the mask is empty and the image is returned "
-                          "unchanged", DiffEditWarning, stacklevel=3)
-        elif (why := indistinct(model, source_prompt, target_prompt)) is not None:
-            warnings.warn(f"source_prompt and target_prompt differ, but the text model cannot tell them apart: {why}; "
-                          f"the mask is empty and the image is returned unchanged", DiffEditWarning, stacklevel=3)
-    warn_before_editing(model, image, source_prompt, target_prompt, config)
-    return image, original
-
-
 def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
              generator: torch.Generator | None = None, *, mask=None, callback=None, on_stage=None, progress: bool = True):
     """Edit `image` from `source_prompt` to `target_prompt` where the two disagree.
@@ -274,7 +223,7 @@ def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig 
     masks = per_image(mask, n, batch, "mask")
     prepared = []  # every check first, for the whole batch
     for im, s, t, m in zip(images, srcs, tgts, masks):
-        im, _ = _prepare(model, im, s, t, config, "error", has_mask=m is not None)
+        im, _ = check_edit_inputs(model, im, s, t, config, "error", has_mask=m is not None)
         if m is not None:
             m = user_mask(m, (im.height, im.width))
             if not m.any():
@@ -297,13 +246,6 @@ def per_image(value, n: int, batch: bool, name: str, what: str = "entry") -> lis
             raise ValueError(f"{name} lists must have one {what} per image ({n})")
         return list(value)
     return [value] * n
-
-
-def check_callables(**hooks):
-    "Each hook must be callable or None."
-    for name, hook in hooks.items():
-        if hook is not None and not callable(hook):
-            raise TypeError(f"{name} must be a function or None, got {type(hook).__name__}")
 
 
 @torch.no_grad()

@@ -53,6 +53,7 @@ from .latents import encode_samples
 from .mask import _binarise, latent_mask, mask_levels, prompt_difference, ratio_mask
 from .models import DiffEditModel
 from .noising import add_noise, draw_noise, guided_noise, strength_start
+from .preflight import check_generator
 from .text import check_prompt_list, encode_prompts
 
 MASK_OUTPUT_TYPES = ("np", "pil", "pt")
@@ -108,11 +109,11 @@ def check_output_type(value, accepted: tuple) -> str:
     return value
 
 
-def check_generator(generator):
+def check_one_generator(generator):
+    "`preflight.check_generator`, and diffusers' lists of generators refused by name."
     if isinstance(generator, list):
         raise ValueError("generator must be one torch.Generator or None; lists of generators are not supported")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    check_generator(generator)
 
 
 # ----------------------------------------------------------------------------- masks in and out
@@ -286,7 +287,7 @@ class DiffEditPipeline(DiffusionPipeline):
             raise ValueError(f"mask_thresholding_ratio must be a number > 0, got {mask_thresholding_ratio!r}")
         check_output_type(output_type, MASK_OUTPUT_TYPES)
         check_unsupported(cross_attention_kwargs=cross_attention_kwargs)
-        check_generator(generator)
+        check_one_generator(generator)
         model, n = self.lesson_model(), num_maps_per_mask
         pixels = self.pixels_of(image)
         # 2. prompts -> (B * n, L, D) each
@@ -339,7 +340,7 @@ class DiffEditPipeline(DiffusionPipeline):
         check_unsupported(cross_attention_kwargs=cross_attention_kwargs)
         if num_reg_steps != 0:
             raise ValueError(f"num_reg_steps must be 0: the inversion's noise regularisation is not supported, got {num_reg_steps!r}")
-        check_generator(generator)
+        check_one_generator(generator)
         model = self.lesson_model()
         pixels = self.pixels_of(image)
         # 2. the image's latents (B, C, h, w) and the prompts' embeddings (B, L, D)
@@ -398,7 +399,7 @@ class DiffEditPipeline(DiffusionPipeline):
         check_fraction("inpaint_strength", inpaint_strength, low_open=True)
         check_output_type(output_type, IMAGE_OUTPUT_TYPES)
         check_unsupported(cross_attention_kwargs=cross_attention_kwargs, clip_skip=clip_skip, latents=latents)
-        check_generator(generator)
+        check_one_generator(generator)
         if mask_image is None:
             raise ValueError("mask_image must be given: compute it with generate_mask()")
         if image_latents is None:

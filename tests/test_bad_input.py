@@ -574,7 +574,7 @@ def test_a_batch_of_mixed_inputs_gives_each_the_mask_it_gets_alone(tiny_model, t
 
 
 def test_other_entry_points_can_run_the_same_checks(tiny_model):
-    from diffedit_helpers.edit import prepare_inputs
+    from diffedit_helpers.preflight import prepare_inputs
 
     with no_model_work(tiny_model):
         image, config = prepare_inputs(tiny_model, picture(), SRC, TGT, FAST.replace(blur=5))

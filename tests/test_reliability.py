@@ -35,7 +35,7 @@ from diffedit_helpers import (
     to_rgb,
 )
 from diffedit_helpers.cli import OUTPUT_FILES, main
-from diffedit_helpers.edit import prepare_inputs
+from diffedit_helpers.preflight import prepare_inputs
 from diffedit_helpers.inputs import fit_inputs
 from diffedit_helpers.plotting import OVERVIEW_MAX_SIDE, overview
 
