@@ -254,10 +254,13 @@ class DiffEditPipeline(DiffusionPipeline):
         return self.image_processor.preprocess(image)
 
     def image_latents_of(self, model, pixels, batch: int, n: int, generator) -> torch.Tensor:
-        "Pixels (1 or B, 3, H, W) -> n VAE posterior draws per prompt: (batch * n, C, h, w); one image serves every prompt."
+        """Pixels (1 or B, 3, H, W) -> n VAE posterior draws per prompt: (batch * n, C, h, w), prompt b's in rows
+        b * n ... One image serves every prompt with the same n draws (as the deprecated pipeline repeats them)."""
         if len(pixels) not in (1, batch):
             raise ValueError(f"image holds {len(pixels)} images; give one, or one per prompt ({batch})")
-        return encode_samples(model, pixels.expand(batch, -1, -1, -1), n, generator)
+        draws = encode_samples(model, pixels, n, generator)  # (len(pixels) * n, C, h, w)
+        # one image for B prompts: its draws repeated (only then copied: the copy changes their memory layout)
+        return draws if batch == len(pixels) else draws.repeat(batch, 1, 1, 1)
 
     def progress(self) -> bool:
         return not getattr(self, "_progress_bar_config", {}).get("disable", False)
@@ -296,8 +299,11 @@ class DiffEditPipeline(DiffusionPipeline):
                                               target_negative_prompt_embeds, "target_prompt", n, size)
         src, src_neg = self.prompt_embeddings(model, source_prompt, source_negative_prompt, source_prompt_embeds,
                                               source_negative_prompt_embeds, "source_prompt", n, size)
+        if len(src) == n and len(tgt) > n:  # one source prompt for every target prompt
+            src, src_neg = (e[torch.arange(n, device=model.device).repeat(len(tgt) // n)] for e in (src, src_neg))
         if len(src) != len(tgt):
-            raise ValueError(f"source_prompt and target_prompt must be as many ({len(src) // n} and {len(tgt) // n})")
+            raise ValueError(f"source_prompt and target_prompt must be as many, or one source prompt "
+                             f"({len(src) // n} and {len(tgt) // n})")
         batch = len(tgt) // n
         # 3. n posterior draws per image, noised to the mask level: (B * n, C, h, w)
         self.scheduler.set_timesteps(num_inference_steps, device=model.device)

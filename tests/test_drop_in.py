@@ -290,3 +290,48 @@ def test_bad_latents_from_a_callback_are_blamed_on_the_callback(tiny_pipe):
         _tiny_edit(tiny_pipe, callback_on_step_end=lambda p, s, t, kw: {"latents": kw["latents"] * float("nan")})
     with pytest.raises(TypeError, match=r"^callback_on_step_end must return latents as a torch.Tensor .* got ndarray"):
         _tiny_edit(tiny_pipe, callback_on_step_end=lambda p, s, t, kw: {"latents": kw["latents"].numpy()})
+
+
+# ----------------------------------------------------------------------------- more of the deprecated pipeline's surface
+@pytest.fixture(scope="module")
+def bundled_pair():
+    theirs, ours = _pipelines(_bundled_components())
+    return theirs, ours, render(EDIT.source)[0]
+
+
+def test_invert_decodes_its_levels_as_the_deprecated_pipeline_does(bundled_pair):
+    theirs, ours, image = bundled_pair
+    kw = dict(prompt=SRC, image=image, num_inference_steps=STEPS, decode_latents=True, output_type="np")
+    a = _quiet(theirs.invert, generator=_gen(), **kw).images
+    b = ours.invert(generator=_gen(), **kw).images
+    assert b.shape == a.shape == (int(STEPS * 0.8), image.height, image.width, 3)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)
+    pil = ours.invert(generator=_gen(), **dict(kw, output_type="pil")).images
+    assert len(pil) == len(b) and pil[0].size == image.size
+
+
+def test_two_prompts_and_two_images_per_prompt_edit_as_the_deprecated_pipeline_does(bundled_pair):
+    theirs, ours, image = bundled_pair
+    prompts = [SRC, "a brown horse on sand"]
+    a_lat = _quiet(theirs.invert, prompt=prompts, image=image, num_inference_steps=STEPS, generator=_gen()).latents
+    b_lat = ours.invert(prompt=prompts, image=image, num_inference_steps=STEPS, generator=_gen()).latents
+    assert b_lat.shape[:2] == a_lat.shape[:2] == (2, int(STEPS * 0.8))
+    torch.testing.assert_close(b_lat, a_lat, rtol=0, atol=1e-4)
+    full = np.ones((2, *b_lat.shape[-2:]), dtype=np.int64)
+    kw = dict(prompt=[TGT, TGT], mask_image=full, num_inference_steps=STEPS, num_images_per_prompt=2, generator=_gen(),
+              output_type="np")
+    a = _quiet(theirs, image_latents=a_lat, **kw).images
+    b = ours(image_latents=b_lat, **kw).images
+    assert b.shape == a.shape == (4, image.height, image.width, 3)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-3)
+
+
+def test_one_source_prompt_serves_every_target_prompt(bundled_pair):
+    _, ours, image = bundled_pair
+    kw = dict(image=image, target_prompt=[TGT, "a red horse on grass"], num_inference_steps=STEPS, num_maps_per_mask=4)
+    shared = ours.generate_mask(source_prompt=SRC, generator=_gen(), **kw)
+    given = ours.generate_mask(source_prompt=[SRC, SRC], generator=_gen(), **kw)
+    assert shared.shape == (2, image.height // ours.vae_scale_factor, image.width // ours.vae_scale_factor)
+    np.testing.assert_array_equal(shared, given)
+    with pytest.raises(ValueError, match="source_prompt and target_prompt must be as many, or one source prompt"):
+        ours.generate_mask(source_prompt=[SRC, SRC, SRC], generator=_gen(), **kw)
