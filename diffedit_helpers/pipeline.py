@@ -90,6 +90,13 @@ def check_fraction(name: str, value, low_open: bool = False) -> float:
     return float(value)
 
 
+def check_runs_a_step(strength: float, steps: int):
+    "int(steps * inpaint_strength) steps run (diffusers' rule): at least one must."
+    if int(steps * strength) < 1:
+        raise ValueError(f"inpaint_strength={strength:g} runs no step of num_inference_steps={steps}: "
+                         f"use at least {1 / steps:g}, or more steps")
+
+
 def check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -151,13 +158,13 @@ def latent_masks(mask_image, batch: int, latent_size: tuple[int, int], scale_fac
     return masks.expand(batch, -1, -1, -1)
 
 
-def image_latents_shape(image_latents) -> tuple:
-    "The shape of `invert`'s latents as given (a tensor, or a list of them stacked on the first axis)."
-    if isinstance(image_latents, list) and image_latents and isinstance(image_latents[0], torch.Tensor):
-        return (sum(len(t) for t in image_latents), *image_latents[0].shape[1:])
-    if not isinstance(image_latents, torch.Tensor):
-        raise ValueError("image_latents must be invert()'s latents: a tensor (B, K, C, h, w)")
-    return tuple(image_latents.shape)
+def prompt_count(prompt, prompt_embeds) -> int:
+    "How many prompts a call has (B), before any is encoded: a list's length, else 1, or the embeddings' batch."
+    if prompt is None and prompt_embeds is None:
+        raise ValueError("give either prompt or prompt_embeds (exactly one)")
+    if prompt is None:
+        return len(prompt_embeds)
+    return len(prompt) if isinstance(prompt, (list, tuple)) else 1
 
 
 def mask_output(masks: np.ndarray, output_type: str):
@@ -341,6 +348,7 @@ class DiffEditPipeline(DiffusionPipeline):
         # 1. check the arguments, before any model work
         check_positive_int("num_inference_steps", num_inference_steps)
         check_fraction("inpaint_strength", inpaint_strength, low_open=True)
+        check_runs_a_step(inpaint_strength, num_inference_steps)
         check_positive_int("callback_steps", callback_steps)
         check_output_type(output_type, ("pil", "np"))
         check_unsupported(cross_attention_kwargs=cross_attention_kwargs)
@@ -403,6 +411,7 @@ class DiffEditPipeline(DiffusionPipeline):
         check_positive_int("num_images_per_prompt", num_images_per_prompt)
         check_positive_int("callback_steps", callback_steps)
         check_fraction("inpaint_strength", inpaint_strength, low_open=True)
+        check_runs_a_step(inpaint_strength, num_inference_steps)
         check_output_type(output_type, IMAGE_OUTPUT_TYPES)
         check_unsupported(cross_attention_kwargs=cross_attention_kwargs, clip_skip=clip_skip, latents=latents)
         check_one_generator(generator)
@@ -413,21 +422,20 @@ class DiffEditPipeline(DiffusionPipeline):
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise TypeError(f"callback_on_step_end must be a function or None, got {type(callback_on_step_end).__name__}")
         model = self.lesson_model()
-        # 2. the prompts (B * r, L, D), r = num_images_per_prompt
-        r = num_images_per_prompt
-        size = tuple(int(side) * self.vae_scale_factor for side in image_latents_shape(image_latents)[-2:])
-        cond, uncond = self.prompt_embeddings(model, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                              "prompt", r, size)
-        batch = len(cond) // r
-        # 3. the levels: backgrounds[k] at the level of timesteps[k], the clean latents last
+        # 2. the levels: backgrounds[k] at the level of timesteps[k], the clean latents last; checked before model work
+        r, batch = num_images_per_prompt, prompt_count(prompt, prompt_embeds)
         self.scheduler.set_timesteps(num_inference_steps, device=model.device)
         k0 = strength_start(num_inference_steps, inpaint_strength)
         backgrounds = self.background_levels(image_latents, batch, num_inference_steps, k0)
         backgrounds = [b if b is None else b.to(model.device, model.dtype).repeat_interleave(r, dim=0) for b in backgrounds]
-        # 4. the mask (B * r, 1, h, w)
+        # 3. the mask (B * r, 1, h, w)
         h, w = backgrounds[-1].shape[-2:]
         mask = latent_masks(mask_image, batch, (h, w), self.vae_scale_factor)
         mask = mask.repeat_interleave(r, dim=0).to(model.device, model.dtype)
+        # 4. the prompts (B * r, L, D)
+        size = (h * self.vae_scale_factor, w * self.vae_scale_factor)
+        cond, uncond = self.prompt_embeddings(model, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                              "prompt", r, size)
         # 5. masked denoising towards the prompt
         step = None if callback is None else (lambda i, t, x: callback(i, t, x) if i % callback_steps == 0 else None)
         step_kwargs = {"eta": eta, "generator": generator} if eta else None

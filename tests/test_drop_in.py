@@ -207,6 +207,8 @@ def test_bad_arguments_are_refused_naming_them_before_any_model_work(pair):
         ours.generate_mask(image=image, source_prompt=SRC, target_prompt=TGT, num_maps_per_mask=0)
     with pytest.raises(ValueError, match="output_type must be one of"):
         ours.generate_mask(image=image, source_prompt=SRC, target_prompt=TGT, output_type="jpeg")
+    with pytest.raises(ValueError, match=r"inpaint_strength=0.05 runs no step of num_inference_steps=10: use at least 0.1"):
+        ours.invert(prompt=SRC, image=image, num_inference_steps=10, inpaint_strength=0.05)
     with pytest.raises(ValueError, match="num_reg_steps must be 0"):
         ours.invert(prompt=SRC, image=image, num_reg_steps=1)
     with pytest.raises(ValueError, match="mask_image must be given"):
