@@ -52,6 +52,17 @@ from .noising import (
 )
 from .text import encode_prompts, tokenize
 
+PIPELINES = ("DiffEditPipeline", "DiffEditXLPipeline")  # diffusers-API pipelines (`pipeline`), imported on first use: diffusers loads slowly
+
+
+def __getattr__(name):
+    if name in PIPELINES:
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # the mask explorer (ipywidgets) is imported where it is used: `from diffedit_helpers.widgets import mask_explorer`
 __all__ = [
     "DiffEditConfig", "ConfigError", "DiffEditWarning", "DiffEditResult", "DiffEditModel", "ImageInputError", "ModelLoadError", "BUNDLED_PATH",
@@ -61,5 +72,5 @@ __all__ = [
     "make_mask", "refine_map", "difference_map", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds",
     "composite", "feather_alpha", "mask_maps", "to_epsilon", "to_rgb", "fit_size", "predicted_x0", "alpha_bar",
     "post_recipe_mask", "post_recipe_latent_mask", "clamp_map", "scale_map", "generator_streams",
-    "latent_difference",
+    "latent_difference", "DiffEditPipeline", "DiffEditXLPipeline",
 ]

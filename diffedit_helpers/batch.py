@@ -83,6 +83,7 @@ def run_job(model, job: Job, args: dict, key: str, out: Path, fit: str, rank: in
     import torch
 
     from .edit import diffedit
+    from .inputs import fit_inputs
 
     name = folder_name(job, key)
     record = dict(id=name, key=key, line=job.line, rank=rank, started=round(time.time(), 3))
@@ -91,8 +92,9 @@ def run_job(model, job: Job, args: dict, key: str, out: Path, fit: str, rank: in
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             generator = torch.Generator().manual_seed(args["seed"])  # drawn on the CPU: the same noise on any device
-            edit_args = {k: v for k, v in args.items() if k != "seed"}
-            result = diffedit(model, generator=generator, fit=fit, progress=False, **edit_args)
+            edit_args = {k: v for k, v in args.items() if k not in ("seed", "negative_prompt", "image", "mask")}
+            image, mask = fit_inputs(model, args["image"], args["mask"], fit=fit)  # the negative prompt is in the config
+            result = diffedit(model, image, mask=mask, generator=generator, progress=False, **edit_args)
             files = dict(zip(OUTPUTS, (png_bytes(result.image), png_bytes(result.mask_image))))
         settings = result.config.to_dict()
         if args["negative_prompt"] is not None:

@@ -100,6 +100,7 @@ def run_edit(image, source, target, out, args) -> Path:
     from PIL import Image
 
     from .edit import diffedit, difference_map
+    from .inputs import fit_inputs
     from .mask import make_mask, user_mask
     from .models import load_model, resolve_device, resolve_dtype
     from .plotting import overview
@@ -129,8 +130,8 @@ def run_edit(image, source, target, out, args) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         save_all(zip(pictures, paths), args.overwrite, inputs=inputs)
         return out
-    result = diffedit(model, picture, source, target, config, generator=gen, fit=fit, progress=not args.quiet,
-                      max_side=args.size, mask=mask)
+    picture, mask = fit_inputs(model, picture, mask, fit=fit, max_side=args.size)
+    result = diffedit(model, picture, source, target, config, generator=gen, progress=not args.quiet, mask=mask)
     out.mkdir(parents=True, exist_ok=True)
     save_all(zip([result.mask_image, result.image, overview(result)], paths), args.overwrite, inputs=inputs)
     return out

@@ -84,6 +84,8 @@ class DiffEditConfig:
             outside it are exactly the input's.
         feather: width in pixels of that feather (odd kernel, 0 for a hard edge).
         mask_batch_size: UNet samples per call while building the mask, in [1, MAX_MASK_BATCH_SIZE] (memory).
+        negative_prompt: the unconditional branch of guidance while denoising ("" the empty prompt,
+            as usual); the mask does not use it.
     """
 
     n_noise: int = 10
@@ -103,6 +105,7 @@ class DiffEditConfig:
     composite: bool = True
     feather: int = 5
     mask_batch_size: int = 32
+    negative_prompt: str = ""
 
     def validate(self) -> "DiffEditConfig":
         "Raise ConfigError naming the first bad field and its accepted range; return self."
@@ -148,6 +151,8 @@ class DiffEditConfig:
                                                  f"samples held in memory at once), got {self.mask_batch_size}")
         _check_bool("fill_holes", self.fill_holes)
         _check_bool("composite", self.composite)
+        if not isinstance(self.negative_prompt, str):
+            raise ConfigError("negative_prompt", f"negative_prompt must be a string, got {type(self.negative_prompt).__name__}")
         return self
 
     @property

@@ -14,9 +14,9 @@ ranges "diffedit/<stage>", and for an optional `on_stage(stage, event)` hook ("s
 "end"), which is how the benchmarks time them. With a mask the caller brings (`mask=`), the
 "mask" stage still runs, but does no model work: it only takes that mask.
 
-`diffedit` also takes diffusers' argument names beside its own (`num_inference_steps`,
-`guidance_scale`, `strength`, `negative_prompt`, `output_type`, `callback_on_step_end`), and
-its result has diffusers' `.images` list and a `mask_image` inpainting pipelines accept.
+`diffedit` speaks the lesson's vocabulary (a DiffEditConfig's fields); diffusers' argument names
+are `pipeline.DiffEditPipeline`'s, and a picture that must be resized or cropped first goes through
+`inputs.fit_inputs`. Its result has diffusers' `.images` list and a `mask_image` inpainting pipelines accept.
 Taught in notebooks 06_masked_denoising and 07_limits_and_extensions (inversion, compositing).
 """
 
@@ -30,18 +30,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import DiffEditConfig, DiffEditWarning, check_for_image, with_diffusers_names
-from .images import fit_size, to_rgb
+from .config import DiffEditConfig, DiffEditWarning
 from .latents import decode_to_images, encode_image
 from .mask import blur_mask, check_finite, latent_mask, make_mask, mask_maps, raw_difference, user_mask
 from .models import as_model
 from .noising import add_noise, alpha_bar, draw_noise, generator_streams, guided_noise, make_scheduler, to_epsilon
-from .preflight import check_model, warn_before_editing
-from .text import check_prompt, encode_prompts, indistinct
+from .preflight import check_callables, check_edit_inputs, check_generator, check_model, checked_config, prepare_inputs
+from .text import encode_prompts
 
 # the stages of one edit, in order (encoding: inversion or noising to the start level)
 STAGES = ("encode", "text", "mask", "encoding", "denoising", "decode", "composite")
-OUTPUT_TYPES = ("pil", "np", "pt")  # what `.images` holds, as diffusers' output_type
 
 
 @dataclass
@@ -56,7 +54,6 @@ class DiffEditResult:
     target_prompt: str
     config: DiffEditConfig = field(default_factory=DiffEditConfig)
     raw_map: np.ndarray | None = None  # (H, W) float32 in [0, 1]: the same before refinement (None: the caller's mask)
-    output_type: str = "pil"  # what `images` holds
 
     @property
     def mask_image(self) -> Image.Image:
@@ -65,9 +62,8 @@ class DiffEditResult:
 
     @property
     def images(self) -> list:
-        """[the edited image], as diffusers' pipelines return it, in `output_type`: "pil" a PIL image,
-        "np" an (H, W, 3) float32 array in [0, 1], "pt" a (3, H, W) float32 tensor in [0, 1]."""
-        return [as_output_type(self.image, self.output_type)]
+        "[the edited image], as diffusers' pipelines return it."
+        return [self.image]
 
 
 class DiffEditResults(list):
@@ -76,14 +72,6 @@ class DiffEditResults(list):
     @property
     def images(self) -> list:
         return [r.images[0] for r in self]
-
-
-def as_output_type(image: Image.Image, output_type: str):
-    """A PIL image as diffusers' output_type gives it: "pil", "np" (H, W, 3) or "pt" (3, H, W), floats in [0, 1]."""
-    if output_type == "pil":
-        return image
-    arr = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
-    return arr if output_type == "np" else torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 @torch.no_grad()
@@ -118,7 +106,8 @@ def ddim_invert(model, latents, embeddings, scheduler, start_index: int = 0, unc
 
 @torch.no_grad()
 def masked_denoise(model, latents, backgrounds, mask, cond, uncond, scheduler, start_index: int = 0,
-                   guidance: float = 7.5, callback=None, progress: bool = False, step_end=None) -> torch.Tensor:
+                   guidance: float = 7.5, callback=None, progress: bool = False, step_end=None,
+                   step_kwargs: dict | None = None) -> torch.Tensor:
     """Denoise `latents` (B, C, h, w) from scheduler.timesteps[start_index] to clean, editing
     only inside `mask` (1, 1, h, w) in {0, 1}.
 
@@ -128,6 +117,8 @@ def masked_denoise(model, latents, backgrounds, mask, cond, uncond, scheduler, s
     step_end(step, timestep, latents) -> latents, if given, is called after each step and what it
     returns replaces the latents (diffusers' callback_on_step_end); then callback(step, timestep,
     latents) is called. A step_end whose `interrupted` is true stops the loop (diffusers' pipe._interrupt).
+    step_kwargs go to every scheduler.step (e.g. DDIM's eta and generator); any scheduler that steps
+    from timesteps[k] to timesteps[k + 1] works (its scale_model_input is applied).
     """
     from tqdm.auto import tqdm
 
@@ -138,9 +129,9 @@ def masked_denoise(model, latents, backgrounds, mask, cond, uncond, scheduler, s
             break
         t = ts[k]
         # 1. predict the noise towards the target prompt (classifier-free guidance)
-        eps = guided_noise(model, x, t, cond, uncond, guidance)
+        eps = guided_noise(model, scheduler.scale_model_input(x, t), t, cond, uncond, guidance)
         # 2. one DDIM step down to the next level
-        x = scheduler.step(eps, t, x).prev_sample
+        x = scheduler.step(eps, t, x, **(step_kwargs or {})).prev_sample
         # 3. outside the mask, the original at that same next level (clean after the last step)
         x = mask * x + (1 - mask) * backgrounds[k + 1]
         if step_end is not None:
@@ -192,128 +183,61 @@ def stage(name: str, on_stage=None):
             on_stage(name, "end")
 
 
-def checked_config(config, model=None) -> DiffEditConfig:
-    """A validated copy of `config` (None: the defaults for `model`, `DiffEditConfig.for_model`):
-    the caller's object is never changed."""
-    if config is None:
-        config = DiffEditConfig.for_model(model) if model is not None else DiffEditConfig()
-    if not isinstance(config, DiffEditConfig):
-        raise TypeError(f"config must be a DiffEditConfig or None, got {type(config).__name__}")
-    return config.replace().validate()
-
-
-def check_generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None (e.g. torch.Generator().manual_seed(0)), "
-                        f"got {type(generator).__name__}")
-    if generator is not None and generator.device.type == "meta":
-        raise ValueError("generator is on the meta device, which holds no random numbers; use torch.Generator() (the CPU) "
-                         "or torch.Generator(model.device)")
-
-
-def prepare_inputs(model, image, source_prompt, target_prompt, config=None, fit: str = "error", max_side: int | None = None):
-    """Every check `diffedit` makes before model work, for one image: returns (RGB image, validated
-    copy of config). Raises ValueError/TypeError naming the bad argument. For other entry points
-    that take the same arguments (a mask-only run, an evaluation)."""
-    model = as_model(model)
-    config = checked_config(config, model)
-    check_model(model, config.steps)
-    return _prepare(model, image, source_prompt, target_prompt, config, fit, max_side)[0], config
-
-
-def _prepare(model, image, source_prompt, target_prompt, config, fit, max_side=None, has_mask: bool = False):
-    """Check the prompts and the image (config and model already checked); no model work. Returns
-    (the RGB image after `fit`, its (H, W) before). The source prompt may be empty: the map is then taken against the unconditional
-    prediction. Warns when the text model cannot tell the prompts apart, when the model was never
-    trained on such an edit, and when the edit will be slow here."""
-    check_prompt("source_prompt", source_prompt, allow_empty=True)
-    check_prompt("target_prompt", target_prompt)
-    f = model.vae_scale_factor
-    image = to_rgb(image, "image", multiple=f)
-    original = (image.height, image.width)
-    min_side = f * 2 ** (len(model.unet.config.block_out_channels) - 1)
-    image = fit_size(image, f, fit=fit, name="image", min_side=min_side, max_side=max_side)
-    check_for_image(config, image.width, image.height, f)
-    if not has_mask:  # with the caller's mask the prompts need not differ
-        if source_prompt.strip() == target_prompt.strip():
-            warnings.warn("source_prompt and target_prompt are identical: the mask is empty and the image is returned "
-                          "unchanged", DiffEditWarning, stacklevel=3)
-        elif (why := indistinct(model, source_prompt, target_prompt)) is not None:
-            warnings.warn(f"source_prompt and target_prompt differ, but the text model cannot tell them apart: {why}; "
-                          f"the mask is empty and the image is returned unchanged", DiffEditWarning, stacklevel=3)
-    warn_before_editing(model, image, source_prompt, target_prompt, config)
-    return image, original
-
-
 def diffedit(model, image, source_prompt, target_prompt, config: DiffEditConfig | None = None,
-             generator: torch.Generator | None = None, callback=None, fit: str = "error", progress: bool = True,
-             on_stage=None, max_side: int | None = None, *, mask=None, negative_prompt: str | None = None,
-             num_inference_steps: int | None = None, guidance_scale: float | None = None, strength: float | None = None,
-             output_type: str = "pil", callback_on_step_end=None):
+             generator: torch.Generator | None = None, *, mask=None, callback=None, on_stage=None, progress: bool = True):
     """Edit `image` from `source_prompt` to `target_prompt` where the two disagree.
 
     model: a DiffEditModel (`load_model`) or a loaded diffusers StableDiffusionPipeline (or
         StableDiffusionXLPipeline).
     image: a path, an http(s) URL, a PIL image, an array or a torch tensor (or a list of them:
-        a batch, each with its own mask; prompts, masks and negative prompts may then be lists
-        too). Sides must be multiples of the VAE scale factor unless fit="resize" or fit="crop";
-        fit="resize" with `max_side` also shrinks a larger picture until its longer side is at
-        most that many pixels.
+        a batch, each with its own mask; prompts and masks may then be lists too). Sides must be
+        multiples of the VAE scale factor: `inputs.fit_inputs` resizes or crops a picture (and its
+        mask) first.
     source_prompt: may be empty (""): the map is then taken against the unconditional prediction.
+    config: the edit's settings (`DiffEditConfig`; None: the model's defaults, `DiffEditConfig.for_model`).
     generator: a torch.Generator for the noise; the same seed gives the same result. It seeds two
         independent streams (`noising.generator_streams`), one for the mask's noise draws and one
         for the edit's, so n_noise or mask_strength never change the edit's noise. In a batch,
         every image starts from the generator's state, so it gets the result it would get alone.
+    mask: the caller's own mask instead of step 1: a bool array (H, W) at the image's size, a
+        float array in [0, 1] (binarised at 0.5: values >= 0.5 are inside), a PIL "L" image, or a
+        path to one (`mask.user_mask`); checked before any model work. The "mask" stage then runs
+        no model; the edit keeps to the mask exactly: with composite on, the feather lies inside it
+        and every pixel outside it is the input's.
     callback(step, timestep, latents): called after every denoising step (previews).
     on_stage(stage, event): called with event "start" and "end" around each of STAGES.
-    mask: the caller's own mask instead of step 1: a bool array (H, W) at the image's size
-        (before `fit`, then cropped or resized with it; or after it), a float array in [0, 1] (binarised at 0.5: values >= 0.5 are inside), a
-        PIL "L" image, or a path to one (`mask.user_mask`); checked before any model work. The
-        "mask" stage then runs no model; the edit keeps to the mask exactly: with composite on,
-        the feather lies inside it and every pixel outside it is the input's.
-    diffusers' names, beside ours (a config field set away from its default must agree with them):
-        num_inference_steps (config.steps), guidance_scale (config.guidance), strength (the
-        fraction of the schedule run: config.edit_start = 1 - strength), negative_prompt (the
-        unconditional branch of guidance while denoising; the mask does not use it),
-        output_type ("pil", "np" or "pt": what `.images` holds), callback_on_step_end(pipe,
-        step, timestep, callback_kwargs) -> dict, with pipe the model and callback_kwargs
-        {"latents": (1, C, h, w)}; a "latents" entry in what it returns replaces them, and
-        `pipe._interrupt = True` stops the denoising early (`DiffusersStepEnd`).
+    progress: show progress bars.
+    diffusers' argument names (num_inference_steps, guidance_scale, output_type, ...) are
+    `DiffEditPipeline`'s; here the settings are the config's fields.
     Returns a DiffEditResult (DiffEditResults, a list of them, for a list of images).
     """
     model = as_model(model)
-    config = with_diffusers_names(checked_config(config, model), num_inference_steps, guidance_scale, strength)
+    config = checked_config(config, model)
     check_generator(generator)
     check_model(model, config.steps)
-    check_callables(callback=callback, on_stage=on_stage, callback_on_step_end=callback_on_step_end)
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-    step_end = None if callback_on_step_end is None else DiffusersStepEnd(model, callback_on_step_end)
+    check_callables(callback=callback, on_stage=on_stage)
     batch = isinstance(image, (list, tuple))
     images = list(image) if batch else [image]
     n = len(images)
     if n == 0:
         raise ValueError("image: an empty list holds no image to edit; pass an image, or a list of one or more")
     srcs, tgts = (per_image(p, n, batch, "source_prompt and target_prompt", "prompt") for p in (source_prompt, target_prompt))
-    negs, masks = per_image(negative_prompt, n, batch, "negative_prompt"), per_image(mask, n, batch, "mask")
+    masks = per_image(mask, n, batch, "mask")
     prepared = []  # every check first, for the whole batch
-    for im, s, t, neg, m in zip(images, srcs, tgts, negs, masks):
-        if neg is not None:
-            check_prompt("negative_prompt", neg, allow_empty=True)
-        im, original = _prepare(model, im, s, t, config, fit, max_side, has_mask=m is not None)
+    for im, s, t, m in zip(images, srcs, tgts, masks):
+        im, _ = check_edit_inputs(model, im, s, t, config, "error", has_mask=m is not None)
         if m is not None:
-            m = user_mask(m, (im.height, im.width), original=original, fit=fit)
+            m = user_mask(m, (im.height, im.width))
             if not m.any():
                 warnings.warn("mask is empty (nothing inside it): the image is returned unchanged", DiffEditWarning,
                               stacklevel=2)
         prepared.append((im, m))
     state = generator.get_state() if generator is not None else None
     results = DiffEditResults()
-    for (im, m), s, t, neg in zip(prepared, srcs, tgts, negs):
+    for (im, m), s, t in zip(prepared, srcs, tgts):
         if state is not None:
             generator.set_state(state)
-        results.append(_diffedit_one(model, im, s, t, config, generator, callback, progress, on_stage, m, neg,
-                                     step_end, output_type))
+        results.append(_diffedit_one(model, im, s, t, config, generator, callback, progress, on_stage, m))
     return results if batch else results[0]
 
 
@@ -324,52 +248,6 @@ def per_image(value, n: int, batch: bool, name: str, what: str = "entry") -> lis
             raise ValueError(f"{name} lists must have one {what} per image ({n})")
         return list(value)
     return [value] * n
-
-
-def check_callables(**hooks):
-    "Each hook must be callable or None."
-    for name, hook in hooks.items():
-        if hook is not None and not callable(hook):
-            raise TypeError(f"{name} must be a function or None, got {type(hook).__name__}")
-
-
-class DiffusersStepEnd:
-    """Our step_end(step, timestep, latents) -> latents from diffusers' callback_on_step_end(pipe,
-    step, timestep, callback_kwargs) -> dict: callback_kwargs is {"latents": latents}, and a
-    "latents" entry in the dict it returns replaces them (a tensor of the same shape, finite; moved
-    to their device and dtype). `pipe._interrupt = True`, set by the callback, stops the denoising
-    after that step as in diffusers (`interrupted`): the latents reached are decoded. Recipes that
-    change guidance or the prompts mid-run (`pipe._guidance_scale`, "prompt_embeds" in the dict
-    returned) are refused: DiffEdit's guidance is config.guidance, fixed for the whole edit."""
-
-    def __init__(self, pipe, callback_on_step_end):
-        self.pipe, self.callback = pipe, callback_on_step_end
-        pipe._interrupt = False
-
-    @property
-    def interrupted(self) -> bool:
-        return bool(getattr(self.pipe, "_interrupt", False))
-
-    def __call__(self, step, timestep, latents):
-        guidance = vars(self.pipe).get("_guidance_scale")
-        out = self.callback(self.pipe, step, timestep, {"latents": latents})
-        if not isinstance(out, dict):
-            raise TypeError(f"callback_on_step_end must return a dict (diffusers' convention), got {type(out).__name__}")
-        if vars(self.pipe).get("_guidance_scale") != guidance or set(out) - {"latents"}:
-            changed = sorted(set(out) - {"latents"}) or ["pipe._guidance_scale"]
-            raise ValueError(f"callback_on_step_end changed {', '.join(changed)}: changing guidance or the prompts during the "
-                             f"edit is not supported (guidance is config.guidance for the whole edit); return only "
-                             f"{{'latents': ...}}, or set pipe._interrupt = True to stop early")
-        new = out.get("latents", latents)
-        if not isinstance(new, torch.Tensor):
-            raise TypeError(f"callback_on_step_end must return latents as a torch.Tensor of shape {tuple(latents.shape)}, "
-                            f"got {type(new).__name__}")
-        if new.shape != latents.shape:
-            raise ValueError(f"callback_on_step_end returned latents of shape {tuple(new.shape)}; "
-                             f"they must keep the shape {tuple(latents.shape)}")
-        if not torch.isfinite(new).all():
-            raise ValueError(f"callback_on_step_end returned latents holding NaN or inf at step {step}")
-        return new.to(device=latents.device, dtype=latents.dtype)
 
 
 @torch.no_grad()
@@ -435,9 +313,9 @@ def empty_mask_reason(diff_map: np.ndarray, config) -> str:
 
 @torch.no_grad()
 def _diffedit_one(model, image, source_prompt, target_prompt, config, generator, callback, progress, on_stage,
-                  given_mask=None, negative_prompt=None, step_end=None, output_type="pil"):
+                  given_mask=None):
     # 1. image -> latents (1, C, h, w); prompts -> embeddings (1, L, D) each: source, target, unconditional
-    x0, src, tgt, unc = encode_inputs(model, image, source_prompt, target_prompt, on_stage, negative_prompt)
+    x0, src, tgt, unc = encode_inputs(model, image, source_prompt, target_prompt, on_stage, config.negative_prompt)
     scheduler = make_scheduler(model, config.steps)
     mask_generator, edit_generator = generator_streams(generator)  # the mask's draws never move the edit's
     # 2. the mask: averaged noise-prediction differences, normalised, at image resolution; or the caller's
@@ -448,7 +326,7 @@ def _diffedit_one(model, image, source_prompt, target_prompt, config, generator,
         else:  # no model work: the map is the caller's mask itself, 0 or 1
             raw_map, diff_map, mask = None, given_mask.astype(np.float32), given_mask
     result = dict(mask=mask, difference_map=diff_map, raw_map=raw_map, input_image=image, source_prompt=source_prompt,
-                  target_prompt=target_prompt, config=config, output_type=output_type)
+                  target_prompt=target_prompt, config=config)
     if not mask.any():  # nothing to change (e.g. identical prompts): the input, untouched
         if given_mask is None and diff_map.any():  # the prompts differ, but the settings left nothing: say which
             warnings.warn(empty_mask_reason(diff_map, config), DiffEditWarning, stacklevel=3)
@@ -465,7 +343,7 @@ def _diffedit_one(model, image, source_prompt, target_prompt, config, generator,
     # 4. masked denoising towards the target prompt
     with stage("denoising", on_stage):
         latents = masked_denoise(model, backgrounds[k0], backgrounds, m, tgt, unc, scheduler, k0, config.guidance,
-                                 callback, progress, step_end)
+                                 callback, progress)
     check_finite(latents, "the edited latents", model, f"guidance={config.guidance:g}")
     # 5. back to pixels, pasted into the input through the feathered mask
     with stage("decode", on_stage):

@@ -57,6 +57,22 @@ def encode_image(model, images, generator: torch.Generator | None = None) -> tor
 
 
 @torch.no_grad()
+def encode_samples(model, pixels: torch.Tensor, n: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pixels (B, 3, H, W) in [-1, 1] -> n draws from each image's VAE posterior, scaled: (B * n, C, H/f, W/f),
+    image b's draws in rows b * n ... b * n + n - 1. Each image is encoded once; the draws are
+    mean + std * noise, the noise (B * n, C, h, w) from `generator` (as n encodings of the image sampled
+    one after another would draw it)."""
+    from .noising import draw_noise
+
+    vae = model.vae
+    dist = vae.encode(pixels.to(device=model.device, dtype=vae.dtype)).latent_dist
+    mean, std = dist.mean, dist.std  # (B, C, h, w); n == 1 keeps the VAE's memory layout (the UNet's float sums follow it)
+    if n > 1:
+        mean, std = mean.repeat_interleave(n, dim=0), std.repeat_interleave(n, dim=0)  # (B * n, C, h, w)
+    return (mean + std * draw_noise(mean.shape, generator, mean.device, mean.dtype)) * vae.config.scaling_factor
+
+
+@torch.no_grad()
 def decode_latents(model, latents: torch.Tensor) -> torch.Tensor:
     "Scaled latents (B, C, h, w) -> pixels (B, 3, h*f, w*f) in [-1, 1], float32."
     vae = model.vae

@@ -56,23 +56,28 @@ def noise_difference(model, latents, source_emb, target_emb, scheduler, n_noise=
     for first in range(0, n_noise, DRAWS_AT_ONCE):
         n = min(DRAWS_AT_ONCE, n_noise - first)
         noise = draw_noise((n, *latents.shape[1:]), generator, latents.device, latents.dtype)  # (n, C, h, w)
-        means.append((n, _difference_mean(model, latents, noise, source_emb, target_emb, scheduler, t, batch_size)))
+        noisy = add_noise(scheduler, latents.expand(n, -1, -1, -1), noise, t)  # (n, C, h, w)
+        diff = prompt_difference(model, noisy, t, source_emb.expand(n, -1, -1), target_emb.expand(n, -1, -1),
+                                 batch_size)  # (n, C, h, w)
+        means.append((n, diff.abs().mean(dim=(0, 1))))  # (h, w)
     if len(means) == 1:
         return means[0][1]
     return sum(n * m for n, m in means) / n_noise  # (h, w)
 
 
-def _difference_mean(model, latents, noise, source_emb, target_emb, scheduler, t, batch_size) -> torch.Tensor:
-    "Mean over the draws of `noise` (n, C, h, w) and the channels of |eps_target - eps_source|: (h, w) float32."
-    n = noise.shape[0]
-    noisy = add_noise(scheduler, latents.expand(n, -1, -1, -1), noise, t)  # (n, C, h, w)
-    # every noisy sample once with each prompt: (2n, C, h, w) and (2n, L, D)
+@torch.no_grad()
+def prompt_difference(model, noisy, timestep, source_emb, target_emb, batch_size=32) -> torch.Tensor:
+    """eps_target - eps_source for each noisy sample: noisy (N, C, h, w) at `timestep`, source_emb and
+    target_emb (N, L, D), one row per sample. Returns (N, C, h, w) float32 from 2N UNet samples, run in
+    batches of at most `batch_size` (guidance cancels from the difference: see the module's note)."""
+    n = len(noisy)
+    # every noisy sample once with each prompt: (2N, C, h, w) and (2N, L, D)
     x = torch.cat([noisy, noisy])
-    emb = torch.cat([source_emb.expand(n, -1, -1), target_emb.expand(n, -1, -1)])
-    preds = torch.cat([predict_noise(model, x[i : i + batch_size], t, emb[i : i + batch_size])
+    emb = torch.cat([source_emb, target_emb])
+    preds = torch.cat([predict_noise(model, x[i : i + batch_size], timestep, emb[i : i + batch_size])
                        for i in range(0, 2 * n, batch_size)])
-    src, tgt = preds.float().chunk(2)  # (n, C, h, w) each
-    return (tgt - src).abs().mean(dim=(0, 1))  # (h, w)
+    src, tgt = preds.float().chunk(2)  # (N, C, h, w) each
+    return tgt - src
 
 
 def normalise_map(raw: torch.Tensor) -> torch.Tensor:

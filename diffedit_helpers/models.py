@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 from .config import DiffEditWarning
-from .text import check_tokenizer
 
 BUNDLED_PATH = Path(__file__).parent / "bundled"
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
@@ -41,6 +40,7 @@ DEFAULT_SD_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 HALF_VARIANT = "fp16"  # the weights variant Stable Diffusion repositories publish for float16
 SD_SIZE_PARAMETERS = 100_000_000  # a UNet this large is Stable Diffusion-sized: minutes per edit on a CPU
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MIN_VOCABULARY = 1000  # CLIP's has 49,408 tokens; a tokenizer folder missing its vocabulary loads with a handful
 _LOAD_LOCK = threading.Lock()  # the libraries' log levels are process-wide: one load changes them at a time
 
 
@@ -124,6 +124,24 @@ class DiffEditModel:
                     text_encoder_2=text_encoder_2, force_zeros_for_empty_prompt=force_zeros)
         check_tokenizer(model)
         return model
+
+
+def check_tokenizer(model):
+    """Refuse a tokenizer that cannot tell words apart (an empty or partial tokenizer/ folder
+    loads with a few tokens, and then every prompt encodes the same): no model work. SDXL's
+    tokenizer_2 is checked too."""
+    for folder, tok in (("tokenizer", model.tokenizer), ("tokenizer_2", getattr(model, "tokenizer_2", None))):
+        if tok is None:
+            continue
+        size = len(tok)
+        if size < MIN_VOCABULARY:
+            why = f"knows only {size} tokens (at least {MIN_VOCABULARY:,} expected; CLIP's has 49,408)"
+        elif tok("cat").input_ids == tok("dog").input_ids:
+            why = "encodes the different words 'cat' and 'dog' alike"
+        else:
+            continue
+        raise ModelLoadError(f"model {model.name!r}: its {folder} {why}, so every prompt would encode the same; "
+                             f"its {folder}/ folder is incomplete (vocab.json, merges.txt): fetch it again")
 
 
 def as_model(model) -> DiffEditModel:

@@ -36,6 +36,12 @@ def timestep_at(scheduler, strength: float) -> int:
     return int(scheduler.timesteps[idx])
 
 
+def strength_start(steps: int, strength: float) -> int:
+    """Index of the first of `steps` timesteps when a fraction `strength` of them is run (diffusers'
+    rule for img2img, inpainting and DiffEdit: int(steps * strength) steps, the last ones)."""
+    return steps - min(int(steps * strength), steps)
+
+
 def add_noise(scheduler, latents: torch.Tensor, noise: torch.Tensor, timestep) -> torch.Tensor:
     "Noise clean latents (B, C, h, w) to `timestep` (int or (B,) tensor): the forward process."
     t = torch.as_tensor(timestep, device=latents.device).reshape(-1)

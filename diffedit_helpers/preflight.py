@@ -1,4 +1,5 @@
-"""What `diffedit` checks about the model before any model work: components that load but
+"""What `diffedit` checks before any model work: its arguments (`prepare_inputs`: the config, the
+generator, the hooks, the prompts, the picture's size), components that load but
 cannot work (a tokenizer without its vocabulary, a scheduler config that is not a mapping, more
 steps than the model was trained with), inputs the model was never trained on (the bundled
 model on a photo), and edits that will take minutes on this device (a cost estimate from the
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, DiffEditWarning
-from .models import BUNDLED_PATH, ModelLoadError
-from .text import check_tokenizer
+from .config import ConfigError, DiffEditConfig, DiffEditWarning, check_for_image
+from .inputs import fit_picture
+from .models import BUNDLED_PATH, ModelLoadError, as_model, check_tokenizer
+from .text import check_prompt, indistinct
 
 TRAINING_FILE = "training.json"
 SLOW_SECONDS = 60.0  # warn when an edit is estimated to take longer than this
@@ -174,3 +176,61 @@ def warn_before_editing(model, image, source_prompt: str, target_prompt: str, co
     for message in (outside_training(model, image.size, [source_prompt, target_prompt]), slow_edit(model, image.size, config)):
         if message:
             warnings.warn(message, DiffEditWarning, stacklevel=stacklevel)
+
+
+# ----------------------------------------------------------------------------- the edit's arguments
+def checked_config(config, model=None) -> DiffEditConfig:
+    """A validated copy of `config` (None: the defaults for `model`, `DiffEditConfig.for_model`):
+    the caller's object is never changed."""
+    if config is None:
+        config = DiffEditConfig.for_model(model) if model is not None else DiffEditConfig()
+    if not isinstance(config, DiffEditConfig):
+        raise TypeError(f"config must be a DiffEditConfig or None, got {type(config).__name__}")
+    return config.replace().validate()
+
+
+def check_generator(generator):
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None (e.g. torch.Generator().manual_seed(0)), "
+                        f"got {type(generator).__name__}")
+    if generator is not None and generator.device.type == "meta":
+        raise ValueError("generator is on the meta device, which holds no random numbers; use torch.Generator() (the CPU) "
+                         "or torch.Generator(model.device)")
+
+
+def prepare_inputs(model, image, source_prompt, target_prompt, config=None, fit: str = "error", max_side: int | None = None):
+    """Every check `diffedit` makes before model work, for one image: returns (RGB image, validated
+    copy of config). Raises ValueError/TypeError naming the bad argument. For other entry points
+    that take the same arguments (a mask-only run, an evaluation)."""
+    model = as_model(model)
+    config = checked_config(config, model)
+    check_model(model, config.steps)
+    return check_edit_inputs(model, image, source_prompt, target_prompt, config, fit, max_side)[0], config
+
+
+def check_edit_inputs(model, image, source_prompt, target_prompt, config, fit, max_side=None, has_mask: bool = False):
+    """Check the prompts and the image (config and model already checked); no model work. Returns
+    (the RGB image after `fit`, its (H, W) before) (`inputs.fit_picture`). The source prompt may be empty: the map is then taken against the unconditional
+    prediction. Warns when the text model cannot tell the prompts apart, when the model was never
+    trained on such an edit, and when the edit will be slow here."""
+    check_prompt("source_prompt", source_prompt, allow_empty=True)
+    check_prompt("target_prompt", target_prompt)
+    image, original = fit_picture(model, image, fit, max_side)
+    f = model.vae_scale_factor
+    check_for_image(config, image.width, image.height, f)
+    if not has_mask:  # with the caller's mask the prompts need not differ
+        if source_prompt.strip() == target_prompt.strip():
+            warnings.warn("source_prompt and target_prompt are identical: the mask is empty and the image is returned "
+                          "unchanged", DiffEditWarning, stacklevel=3)
+        elif (why := indistinct(model, source_prompt, target_prompt)) is not None:
+            warnings.warn(f"source_prompt and target_prompt differ, but the text model cannot tell them apart: {why}; "
+                          f"the mask is empty and the image is returned unchanged", DiffEditWarning, stacklevel=3)
+    warn_before_editing(model, image, source_prompt, target_prompt, config)
+    return image, original
+
+
+def check_callables(**hooks):
+    "Each hook must be callable or None."
+    for name, hook in hooks.items():
+        if hook is not None and not callable(hook):
+            raise TypeError(f"{name} must be a function or None, got {type(hook).__name__}")

@@ -21,7 +21,6 @@ from .config import DiffEditWarning
 
 # a prompt's length in characters: far past what a text model reads (CLIP: 77 tokens), short enough to tokenize at once
 MAX_PROMPT_CHARS = 10_000
-MIN_VOCABULARY = 1000  # CLIP's has 49,408 tokens; a tokenizer folder missing its vocabulary loads with a handful
 # SDXL's micro-conditioning, in the order its UNet reads them (diffusers' add_time_ids)
 TIME_IDS = ("original height", "original width", "crop top", "crop left", "target height", "target width")
 
@@ -76,26 +75,6 @@ def tokenize(model, prompts: list[str], names: list[str] | None = None):
                           f"truncated to {length} (the last {n - length} are ignored)", DiffEditWarning, stacklevel=3)
     out = tok(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
     return out.input_ids, out.attention_mask
-
-
-def check_tokenizer(model):
-    """Refuse a tokenizer that cannot tell words apart (an empty or partial tokenizer/ folder
-    loads with a few tokens, and then every prompt encodes the same): no model work. SDXL's
-    tokenizer_2 is checked too."""
-    from .models import ModelLoadError
-
-    for folder, tok in (("tokenizer", model.tokenizer), ("tokenizer_2", getattr(model, "tokenizer_2", None))):
-        if tok is None:
-            continue
-        size = len(tok)
-        if size < MIN_VOCABULARY:
-            why = f"knows only {size} tokens (at least {MIN_VOCABULARY:,} expected; CLIP's has 49,408)"
-        elif tok("cat").input_ids == tok("dog").input_ids:
-            why = "encodes the different words 'cat' and 'dog' alike"
-        else:
-            continue
-        raise ModelLoadError(f"model {model.name!r}: its {folder} {why}, so every prompt would encode the same; "
-                             f"its {folder}/ folder is incomplete (vocab.json, merges.txt): fetch it again")
 
 
 def indistinct(model, source_prompt: str, target_prompt: str) -> str | None:

@@ -38,7 +38,8 @@ import torch
 from IPython.display import HTML, display
 
 from .config import DiffEditConfig
-from .edit import diffedit, difference_map, prepare_inputs
+from .edit import diffedit, difference_map
+from .preflight import prepare_inputs
 from .mask import blur_mask, make_mask
 from .models import as_model
 from .plotting import MASK_ALPHA, MASK_COLOUR, to_array

@@ -36,6 +36,7 @@ from diffedit_helpers import (
 )
 from diffedit_helpers.cli import main
 from diffedit_helpers.images import MAX_PIXELS, fit_size
+from diffedit_helpers.inputs import fit_inputs
 
 FAST = DiffEditConfig(steps=4, n_noise=2, threshold=0.3, blur=3)
 SRC, TGT = "a brown horse on grass", "a zebra on grass"
@@ -172,14 +173,14 @@ def test_a_size_off_the_vae_grid_is_refused_unless_fit_is_asked(tiny_model):
     msg = refused(tiny_model, ImageInputError, "multiples of", image=picture(side, side))
     assert f"image is {side}x{side}" in msg and f"multiples of {f}" in msg and "fit='resize'" in msg and "--fit" in msg
     with pytest.warns(UserWarning, match=rf"image resized from {side}x{side} to"):
-        resized = edit(tiny_model, picture(side, side), fit="resize")
+        resized = edit(tiny_model, fit_inputs(tiny_model, picture(side, side), fit="resize")[0])
     with pytest.warns(UserWarning, match=rf"image cropped from {side}x{side} to 64x64"):
-        cropped = edit(tiny_model, picture(side, side), fit="crop")
+        cropped = edit(tiny_model, fit_inputs(tiny_model, picture(side, side), fit="crop")[0])
     for r in (resized, cropped):
         assert r.image.size[0] % f == 0 and r.image.size[1] % f == 0 and r.mask.shape == r.image.size[::-1]
     assert np.array_equal(np.asarray(cropped.input_image), picture(side, side)[:64, :64])
-    refused(tiny_model, ValueError, r"fit must be one of \('error', 'resize', 'crop'\), got 'stretch'",
-            image=picture(side, side), fit="stretch")
+    with pytest.raises(ValueError, match=r"fit must be one of \('error', 'resize', 'crop'\), got 'stretch'"):
+        fit_inputs(tiny_model, picture(side, side), fit="stretch")
 
 
 def test_an_image_smaller_than_the_unet_takes_is_refused(tiny_model):
@@ -573,7 +574,7 @@ def test_a_batch_of_mixed_inputs_gives_each_the_mask_it_gets_alone(tiny_model, t
 
 
 def test_other_entry_points_can_run_the_same_checks(tiny_model):
-    from diffedit_helpers.edit import prepare_inputs
+    from diffedit_helpers.preflight import prepare_inputs
 
     with no_model_work(tiny_model):
         image, config = prepare_inputs(tiny_model, picture(), SRC, TGT, FAST.replace(blur=5))

@@ -57,6 +57,32 @@ def test_the_mask_step_never_reaches_back_into_the_edit_step():
     assert not any(m.split(".")[0] in ("mask", "edit") for m in _imports(PACKAGE / "noising.py"))
 
 
+def _first_cycle(graph: dict) -> list | None:
+    "A cycle in the module import graph {module: modules it imports}, as [a, b, ..., a], or None."
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                return path[path.index(n):] + [n]
+            if n not in state and (found := visit(n, path + [n])):
+                return found
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m, [m])):
+            return found
+    return None
+
+
+def test_no_two_modules_import_each_other_even_inside_a_function():
+    modules = {p.relative_to(PACKAGE).with_suffix("").as_posix().replace("/", "."): p for p in PACKAGE.rglob("*.py")}
+    graph = {m: {i for i in _imports(p) if i in modules and i != m} for m, p in modules.items()}
+    assert "models" not in graph["text"]  # the prompts never reach back into the loader (models reads text.TIME_IDS)
+    assert _first_cycle(graph) is None, " -> ".join(_first_cycle(graph))
+
+
 def test_importing_the_package_needs_no_widgets():
     code = "import diffedit_helpers, sys; assert 'ipywidgets' not in sys.modules and 'IPython' not in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -35,7 +35,8 @@ from diffedit_helpers import (
     to_rgb,
 )
 from diffedit_helpers.cli import OUTPUT_FILES, main
-from diffedit_helpers.edit import prepare_inputs
+from diffedit_helpers.preflight import prepare_inputs
+from diffedit_helpers.inputs import fit_inputs
 from diffedit_helpers.plotting import OVERVIEW_MAX_SIDE, overview
 
 QUICK = ["--steps", "2", "--n-noise", "1"]
@@ -269,7 +270,7 @@ def test_an_edit_estimated_over_a_minute_warns_with_the_estimate_and_the_way_out
 def test_fit_resize_shrinks_a_large_picture_to_a_target_size(tiny_model, tmp_path, capsys, cli_with_tiny_model):
     big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8))
     with pytest.warns(DiffEditWarning, match=r"image resized from 300x200 to 64x44 \(fit='resize', longer side at most 64\)"):
-        r = edit(tiny_model, big, fit="resize", max_side=64)
+        r = edit(tiny_model, fit_inputs(tiny_model, big, fit="resize", max_side=64)[0])
     assert r.image.size == (64, 44) and r.mask.shape == (44, 64)
     with pytest.raises(ValueError, match="only fit='resize' does"):
         fit_size(big, 4, fit="crop", max_side=64)

@@ -229,7 +229,7 @@ def test_a_users_mask_a_negative_prompt_and_a_batch_work_on_sdxl(xl):
     image = _photo(128, 96)
     mask = np.zeros((128, 96), bool)
     mask[32:96, 24:72] = True
-    r = _run(xl, image, mask=mask, negative_prompt="blurry")
+    r = _run(xl, image, mask=mask, config=FAST.replace(negative_prompt="blurry"))
     np.testing.assert_array_equal(r.mask, mask)
     np.testing.assert_array_equal(np.asarray(r.image)[~mask], np.asarray(image)[~mask])
     alone = [_run(xl, im) for im in (image, _photo(128, 96, seed=1))]
@@ -268,3 +268,70 @@ def test_notebook_00_runs_on_an_sdxl_shaped_model(xl_folder, tmp_path):
     assert native == 512 and model.is_xl
     assert f"edited image size: ({native}, {native})" in printed and "same image: True" in printed
     assert re.search(r"pixels changed further out:\s+0 of \d+", printed)  # beyond the feathered mask: the input, exactly
+
+
+# ----------------------------------------------------------------------------- diffusers' API: DiffEditXLPipeline
+@pytest.fixture(scope="module")
+def xl_pipe(xl_folder):
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    from diffedit_helpers import DiffEditXLPipeline
+
+    pipe = DiffEditXLPipeline.from_pretrained(
+        xl_folder, torch_dtype=torch.float32, scheduler=DDIMScheduler.from_pretrained(xl_folder, subfolder="scheduler"),
+        inverse_scheduler=DDIMInverseScheduler.from_pretrained(xl_folder, subfolder="scheduler"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_the_three_calls_run_end_to_end_on_sdxl_and_keep_the_background(xl_pipe):
+    image, steps = _photo(128, 96), 4
+    calls = []
+    hook = xl_pipe.unet.register_forward_hook(lambda m, a, kw, out: calls.append(kw["added_cond_kwargs"]), with_kwargs=True)
+    try:
+        mask = xl_pipe.generate_mask(image=image, source_prompt=SRC, target_prompt=TGT, num_inference_steps=steps,
+                                     num_maps_per_mask=2, generator=torch.Generator().manual_seed(0))
+        latents = xl_pipe.invert(prompt=SRC, image=image, num_inference_steps=steps,
+                                 generator=torch.Generator().manual_seed(0)).latents
+        edited = xl_pipe(prompt=TGT, mask_image=mask, image_latents=latents, num_inference_steps=steps,
+                         generator=torch.Generator().manual_seed(0), output_type="latent").images
+    finally:
+        hook.remove()
+    f = xl_pipe.vae_scale_factor
+    assert mask.shape == (1, 128 // f, 96 // f) and mask.dtype == np.int64 and set(np.unique(mask)) <= {0, 1}
+    assert latents.shape == (1, int(steps * 0.8), 4, 128 // f, 96 // f) and edited.shape == (1, 4, 128 // f, 96 // f)
+    # every UNet call got the pooled embedding and the time ids of this image's own size
+    assert calls and all(c["time_ids"].tolist() == [[128, 96, 0, 0, 128, 96]] * len(c["time_ids"]) for c in calls)
+    assert all(c["text_embeds"].shape[-1] == xl_pipe.text_encoder_2.config.projection_dim for c in calls)
+    # outside the mask, the image's own latents (the posterior draw the inversion started from), exactly
+    pixels = xl_pipe.image_processor.preprocess(image)
+    clean = xl_pipe.vae.encode(pixels).latent_dist.sample(torch.Generator().manual_seed(0)) * xl_pipe.vae.config.scaling_factor
+    outside = torch.from_numpy(mask[:, None] == 0).expand_as(clean)
+    assert 0 < outside.float().mean() < 1
+    torch.testing.assert_close(edited[outside], clean[outside], rtol=0, atol=1e-6)
+    pil = xl_pipe(prompt=TGT, mask_image=mask, image_latents=latents, num_inference_steps=steps).images[0]
+    assert pil.size == (96, 128)
+
+
+def test_sdxl_masks_are_seeded_and_prompt_embeds_are_refused(xl_pipe):
+    image = _photo(128, 96)
+    kw = dict(image=image, source_prompt=SRC, target_prompt=TGT, num_inference_steps=4, num_maps_per_mask=2)
+    a, b = (xl_pipe.generate_mask(generator=torch.Generator().manual_seed(1), **kw) for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="prompt_embeds are not supported on SDXL"):
+        xl_pipe.invert(prompt_embeds=torch.zeros(1, 77, 80), image=image)
+
+
+def test_from_pipe_takes_a_stable_diffusion_xl_pipelines_components(xl_folder, xl_pipe):
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionXLPipeline
+
+    from diffedit_helpers import DiffEditXLPipeline
+
+    sdxl = StableDiffusionXLPipeline.from_pretrained(xl_folder, torch_dtype=torch.float32)
+    pipe = DiffEditXLPipeline.from_pipe(sdxl, scheduler=DDIMScheduler.from_config(sdxl.scheduler.config),
+                                        inverse_scheduler=DDIMInverseScheduler.from_config(sdxl.scheduler.config))
+    assert pipe.unet is sdxl.unet and pipe.text_encoder_2 is sdxl.text_encoder_2 and pipe.config.force_zeros_for_empty_prompt
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(image=_photo(128, 96), source_prompt=SRC, target_prompt=TGT, num_inference_steps=4, num_maps_per_mask=2)
+    np.testing.assert_array_equal(pipe.generate_mask(generator=torch.Generator().manual_seed(0), **kw),
+                                  xl_pipe.generate_mask(generator=torch.Generator().manual_seed(0), **kw))

@@ -1,7 +1,8 @@
-"""A mask the caller brings, an empty source prompt, diffusers' argument names, and tensor and URL
-inputs, on the tiny random components (fast)."""
+"""A mask the caller brings, an empty source prompt, one vocabulary (diffusers' names are the
+pipeline's), and tensor and URL inputs, on the tiny random components (fast)."""
 
 import http.server
+import inspect
 import threading
 import warnings
 from functools import partial
@@ -153,12 +154,15 @@ def test_an_empty_source_takes_the_map_against_the_unconditional_prediction(tiny
 
 
 # ----------------------------------------------------------------------------- diffusers' names
-def test_diffusers_names_give_the_same_edit_as_ours(tiny_model, image):
-    ours = edit(tiny_model, image, config=FAST.replace(steps=8, guidance=5.0, edit_start=0.5))
-    theirs = edit(tiny_model, image, config=DiffEditConfig(n_noise=2, threshold=0.3), num_inference_steps=8,
-                  guidance_scale=5.0, strength=0.5)
-    assert theirs.config == ours.config
-    assert same_picture(ours.image, theirs.image) and np.array_equal(ours.mask, theirs.mask)
+def test_diffedit_speaks_one_vocabulary_and_diffusers_names_are_the_pipelines(tiny_model, image):
+    params = inspect.signature(diffedit).parameters
+    assert len(params) <= 10
+    theirs = {"num_inference_steps", "guidance_scale", "strength", "output_type", "callback_on_step_end", "negative_prompt"}
+    assert not theirs & set(params) and not {"fit", "max_side"} & set(params)  # the image is fitted at the door (inputs)
+    with no_model_work(tiny_model), pytest.raises(TypeError, match="unexpected keyword argument 'num_inference_steps'"):
+        edit(tiny_model, image, num_inference_steps=8)
+    r = edit(tiny_model, image)
+    assert r.images == [r.image]  # the result still hands diffusers' `.images` list back
 
 
 @pytest.mark.parametrize("steps, strength", [(50, 0.8), (50, 0.75), (30, 0.7), (10, 0.3), (50, 1.0), (100, 0.71)])
@@ -180,60 +184,22 @@ def test_strength_runs_the_last_steps_as_diffusers_img2img_does(tiny_model, imag
     (dict(strength=0.0), FAST, r"^strength must be in \(0, 1\]"),
     (dict(strength=1.5), FAST, r"^strength must be in \(0, 1\]"),
 ])
-def test_diffusers_names_are_checked_and_must_agree_with_the_config(tiny_model, image, kw, config, match):
-    with no_model_work(tiny_model), pytest.raises(ConfigError, match=match) as err:
-        edit(tiny_model, image, config=config, **kw)
+def test_diffusers_names_are_checked_and_must_agree_with_the_config(kw, config, match):
+    from diffedit_helpers.config import with_diffusers_names  # the batch's door for a job's diffusers names
+
+    with pytest.raises(ConfigError, match=match) as err:
+        with_diffusers_names(config or DiffEditConfig(), **kw)
     assert err.value.field == next(iter(kw))
 
 
 def test_a_negative_prompt_steers_the_denoising_but_not_the_mask(tiny_model, image):
     plain = edit(tiny_model, image)
-    negative = edit(tiny_model, image, negative_prompt="a red circle")
+    negative = edit(tiny_model, image, config=FAST.replace(negative_prompt="a red circle"))
     assert np.array_equal(plain.mask, negative.mask) and np.array_equal(plain.difference_map, negative.difference_map)
     assert not same_picture(plain.image, negative.image)
-    assert same_picture(plain.image, edit(tiny_model, image, negative_prompt="").image)  # empty: the usual unconditional
-    with no_model_work(tiny_model), pytest.raises(TypeError, match="^negative_prompt must be a string, got int"):
-        edit(tiny_model, image, negative_prompt=3)
-
-
-def test_output_type_sets_what_images_holds(tiny_model, image):
-    pil = edit(tiny_model, image)
-    assert pil.images == [pil.image] and isinstance(pil.images, list)
-    arr = edit(tiny_model, image, output_type="np").images[0]
-    assert arr.shape == (64, 64, 3) and arr.dtype == np.float32 and 0 <= arr.min() and arr.max() <= 1
-    assert np.array_equal((arr * 255).round().astype(np.uint8), np.asarray(pil.image))
-    pt = edit(tiny_model, image, output_type="pt").images[0]
-    assert pt.shape == (3, 64, 64) and pt.dtype == torch.float32
-    assert torch.equal(pt, torch.from_numpy(arr).permute(2, 0, 1))
-    batch = edit(tiny_model, [image, image], output_type="np")
-    assert len(batch.images) == 2 and all(np.array_equal(a, arr) for a in batch.images)
-    with no_model_work(tiny_model), pytest.raises(ValueError, match=r"^output_type must be one of \('pil', 'np', 'pt'\), got 'latent'"):
-        edit(tiny_model, image, output_type="latent")
-
-
-def test_callback_on_step_end_has_diffusers_signature_and_can_replace_the_latents(tiny_model, image):
-    seen = []
-
-    def watch(pipe, step, timestep, callback_kwargs):
-        seen.append((pipe, step, int(timestep), callback_kwargs["latents"].shape))
-        return {}
-
-    plain = edit(tiny_model, image)
-    watched = edit(tiny_model, image, callback_on_step_end=watch)
-    n = FAST.steps - FAST.start_index
-    assert [s[1] for s in seen] == list(range(n)) and all(s[0] is tiny_model for s in seen)
-    assert len({s[2] for s in seen}) == n and all(s[3] == (1, 4, 16, 16) for s in seen)
-    assert same_picture(plain.image, watched.image)  # returning nothing new changes nothing
-
-    def zero(pipe, step, timestep, callback_kwargs):
-        return {"latents": torch.zeros_like(callback_kwargs["latents"])}
-
-    zeroed = edit(tiny_model, image, callback_on_step_end=zero, config=FAST.replace(composite=False))
-    assert not same_picture(zeroed.image, edit(tiny_model, image, config=FAST.replace(composite=False)).image)
-    with pytest.raises(TypeError, match=r"^callback_on_step_end must return a dict \(diffusers' convention\), got NoneType"):
-        edit(tiny_model, image, callback_on_step_end=lambda *a: None)
-    with no_model_work(tiny_model), pytest.raises(TypeError, match="^callback_on_step_end must be a function or None"):
-        edit(tiny_model, image, callback_on_step_end="print")
+    assert FAST.negative_prompt == ""  # the empty prompt: the usual unconditional
+    with no_model_work(tiny_model), pytest.raises(ConfigError, match="^negative_prompt must be a string, got int"):
+        edit(tiny_model, image, config=FAST.replace(negative_prompt=3))
 
 
 # ----------------------------------------------------------------------------- tensors and URLs
