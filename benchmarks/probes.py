@@ -110,7 +110,7 @@ def format_curve(rows: list[dict]) -> str:
     runs = list(dict.fromkeys(r["run"] for r in rows))
     for run in runs:
         for r in sorted((r for r in rows if r["run"] == run), key=lambda r: r.get("step") or 0):
-            cells = [run, r.get("step", "-"), "-" if r.get("cpu_hours") is None else f"{r['cpu_hours']:.2f}",
+            cells = [run, "-" if r.get("step") is None else r["step"], "-" if r.get("cpu_hours") is None else f"{r['cpu_hours']:.2f}",
                      "-" if r.get("loss") is None else f"{r['loss']:.4f}", r["null"], r["zebras"], r["colour"], f"{r['colour_iou']:.3f}"]
             lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
