@@ -21,6 +21,7 @@ from .edit import (
     noised_backgrounds,
 )
 from .images import ImageInputError, fit_size, to_rgb
+from .inputs import fit_inputs
 from .latents import decode_latents, decode_to_images, encode_image, image_to_tensor, tensor_to_images
 from .mask import (
     blur_mask,
@@ -72,5 +73,5 @@ __all__ = [
     "make_mask", "refine_map", "difference_map", "latent_mask", "masked_denoise", "ddim_invert", "noised_backgrounds",
     "composite", "feather_alpha", "mask_maps", "to_epsilon", "to_rgb", "fit_size", "predicted_x0", "alpha_bar",
     "post_recipe_mask", "post_recipe_latent_mask", "clamp_map", "scale_map", "generator_streams",
-    "latent_difference", "DiffEditPipeline", "DiffEditXLPipeline",
+    "latent_difference", "DiffEditPipeline", "DiffEditXLPipeline", "fit_inputs",
 ]
