@@ -8,8 +8,8 @@ Each line of JOBS.jsonl is one job, a JSON object:
     {"image": "horse.png", "source": "a brown horse on grass", "target": "a zebra on grass",
      "settings": {"threshold": 0.3, "num_inference_steps": 30}, "seed": 1, "id": "horse-1", "mask": "m.png"}
 image, source and target are required; relative paths are read from the JOBS file's folder. settings
-take DiffEditConfig's fields and diffusers' names (`diffedit`'s num_inference_steps, guidance_scale,
-strength, negative_prompt), and win over the command line's options; seed defaults to --seed; id (a
+take DiffEditConfig's fields (negative_prompt included) and diffusers' names (num_inference_steps,
+guidance_scale, strength, translated once by `config.with_diffusers_names`), and win over the command line's options; seed defaults to --seed; id (a
 name: letters, digits, ".", "_", "-") names the job's folder, which otherwise is the start of the
 job's key; mask is a mask file to edit inside. The file is read as a stream (`jobs`).
 

@@ -198,7 +198,7 @@ def fit_size(image: Image.Image, multiple: int, fit: str = "error", name: str = 
     if fit == "error":
         raise ImageInputError(
             f"{name} is {w}x{h}, but both sides must be multiples of {multiple} (the VAE scale factor); "
-            f"pass fit='resize' or fit='crop' (CLI: --fit resize|crop)"
+            f"fit it first with inputs.fit_inputs(..., fit='resize' or 'crop') (CLI: --fit resize|crop)"
         )
     if fit == "crop":
         nw, nh = w // multiple * multiple, h // multiple * multiple
